@@ -1,0 +1,194 @@
+"""The async client of the controller's gRPC service, used by the gateway and the invokers.
+
+It speaks domain types: protobuf stays inside, and every failed call is raised as the
+``LaminaError`` it stands for (a controller that cannot be reached is ``Unavailable``).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+import grpc.aio
+
+from lamina import wire
+from lamina.core.errors import Unavailable
+from lamina.core.fleet import InvokerInfo
+from lamina.core.functions import Function, FunctionSpec
+from lamina.core.keys import Principal
+from lamina.core.logs import LogRecord
+from lamina.rpc import controller_pb2 as pb
+from lamina.rpc import controller_pb2_grpc as pb_grpc
+
+CODE_CHUNK_BYTES = 1 << 20
+
+
+class ChangeType(enum.Enum):
+    PUT = "put"
+    DELETE = "delete"
+    RESET = "reset"
+    SYNCED = "synced"
+
+
+_CHANGE_TYPES = {
+    pb.FunctionEvent.PUT: ChangeType.PUT,
+    pb.FunctionEvent.DELETE: ChangeType.DELETE,
+    pb.FunctionEvent.RESET: ChangeType.RESET,
+    pb.FunctionEvent.SYNCED: ChangeType.SYNCED,
+}
+
+
+@dataclass(frozen=True)
+class FunctionChange:
+    """One event of the function watch stream."""
+
+    type: ChangeType
+    revision: int
+    #: The new state on PUT; on DELETE only ``function.name`` is meaningful; None otherwise.
+    function: Function | None = None
+
+
+class ControllerClient:
+    """A channel to the controller plus one method per RPC."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._channel = grpc.aio.insecure_channel(address, options=wire.CHANNEL_OPTIONS)
+        self._stub = pb_grpc.ControllerStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Wait until the channel connects; raise ``Unavailable`` after ``timeout`` seconds."""
+        try:
+            await self._call(self._stub.ListInvokers, pb.ListInvokersRequest(), timeout=timeout, wait_for_ready=True)
+        except Exception as exc:  # noqa: BLE001 - any failure here means "not reachable yet"
+            raise Unavailable(f"controller at {self.address} is not reachable: {exc}") from exc
+
+    async def _call(self, method, request, *, timeout: float | None = 30.0, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return await method(request, timeout=timeout, **kwargs)
+        except grpc.aio.AioRpcError as exc:
+            raise wire.error_from_rpc(exc) from exc
+
+    # functions
+
+    async def create_function(self, spec: FunctionSpec) -> Function:
+        msg = await self._call(self._stub.CreateFunction, pb.CreateFunctionRequest(spec=wire.spec_to_pb(spec)))
+        return wire.function_from_pb(msg)
+
+    async def update_function(self, spec: FunctionSpec, expected_revision: int = 0) -> Function:
+        request = pb.UpdateFunctionRequest(spec=wire.spec_to_pb(spec), expected_revision=expected_revision)
+        return wire.function_from_pb(await self._call(self._stub.UpdateFunction, request))
+
+    async def get_function(self, name: str) -> Function:
+        return wire.function_from_pb(await self._call(self._stub.GetFunction, pb.GetFunctionRequest(name=name)))
+
+    async def list_functions(self, page_size: int = 0, page_token: str = "") -> tuple[list[Function], str]:
+        msg = await self._call(
+            self._stub.ListFunctions, pb.ListFunctionsRequest(page_size=page_size, page_token=page_token)
+        )
+        return [wire.function_from_pb(f) for f in msg.functions], msg.next_page_token
+
+    async def delete_function(self, name: str, expected_revision: int = 0) -> int:
+        request = pb.DeleteFunctionRequest(name=name, expected_revision=expected_revision)
+        return (await self._call(self._stub.DeleteFunction, request)).revision
+
+    async def watch_functions(self, after_revision: int) -> AsyncIterator[FunctionChange]:
+        """Every change after ``after_revision``, then live changes, until cancelled."""
+        call = self._stub.WatchFunctions(pb.WatchFunctionsRequest(after_revision=after_revision))
+        try:
+            async for event in call:
+                fn = wire.function_from_pb(event.function) if event.HasField("function") else None
+                yield FunctionChange(_CHANGE_TYPES[event.type], event.revision, fn)
+        except grpc.aio.AioRpcError as exc:
+            raise wire.error_from_rpc(exc) from exc
+        finally:
+            call.cancel()
+
+    # code
+
+    async def upload_code(self, chunks: AsyncIterable[bytes]) -> tuple[str, int]:
+        """Stream a zip to the controller; return its (sha256, size)."""
+
+        async def requests() -> AsyncIterator[pb.CodeChunk]:
+            async for chunk in chunks:
+                for start in range(0, len(chunk), CODE_CHUNK_BYTES):
+                    yield pb.CodeChunk(data=chunk[start : start + CODE_CHUNK_BYTES])
+
+        try:
+            ref = await self._stub.UploadCode(requests(), timeout=300)
+        except grpc.aio.AioRpcError as exc:
+            raise wire.error_from_rpc(exc) from exc
+        return ref.sha256, ref.size
+
+    async def download_code(self, sha256: str) -> AsyncIterator[bytes]:
+        call = self._stub.DownloadCode(pb.DownloadCodeRequest(sha256=sha256), timeout=300)
+        try:
+            async for chunk in call:
+                yield chunk.data
+        except grpc.aio.AioRpcError as exc:
+            raise wire.error_from_rpc(exc) from exc
+
+    # keys
+
+    async def authenticate(self, key: str) -> Principal:
+        msg = await self._call(self._stub.Authenticate, pb.AuthenticateRequest(key=key), timeout=10)
+        return Principal(key_id=msg.key_id, name=msg.name, admin=msg.admin)
+
+    async def create_api_key(self, name: str, admin: bool = False) -> tuple[Principal, str]:
+        msg = await self._call(self._stub.CreateApiKey, pb.CreateApiKeyRequest(name=name, admin=admin))
+        p = msg.principal
+        return Principal(key_id=p.key_id, name=p.name, admin=p.admin), msg.key
+
+    # invokers
+
+    async def register_invoker(self, invoker_id: str, address: str, memory_capacity_mb: int) -> float:
+        request = pb.RegisterInvokerRequest(
+            invoker_id=invoker_id, address=address, memory_capacity_mb=memory_capacity_mb
+        )
+        return (await self._call(self._stub.RegisterInvoker, request, timeout=10)).heartbeat_interval_s
+
+    async def heartbeat(self, invoker_id: str, in_flight: int, warm_workers: int) -> bool:
+        request = pb.HeartbeatRequest(invoker_id=invoker_id, in_flight=in_flight, warm_workers=warm_workers)
+        return (await self._call(self._stub.Heartbeat, request, timeout=10)).known
+
+    async def list_invokers(self) -> list[InvokerInfo]:
+        msg = await self._call(self._stub.ListInvokers, pb.ListInvokersRequest(), timeout=10)
+        return [
+            InvokerInfo(
+                invoker_id=i.invoker_id, address=i.address, memory_capacity_mb=i.memory_capacity_mb,
+                last_heartbeat_at=i.last_heartbeat_at, in_flight=i.in_flight, warm_workers=i.warm_workers,
+            )
+            for i in msg.invokers
+        ]
+
+    # logs
+
+    async def put_logs(self, records: list[LogRecord]) -> None:
+        await self._call(self._stub.PutLogs, pb.PutLogsRequest(records=[_log_to_pb(r) for r in records]))
+
+    async def query_logs(self, function: str, request_id: str = "", after_id: int = 0, limit: int = 0) -> list[LogRecord]:
+        request = pb.QueryLogsRequest(function=function, request_id=request_id, after_id=after_id, limit=limit)
+        msg = await self._call(self._stub.QueryLogs, request)
+        return [_log_from_pb(r) for r in msg.records]
+
+    async def get_metrics(self) -> str:
+        return (await self._call(self._stub.GetMetrics, pb.GetMetricsRequest(), timeout=5)).text
+
+
+def _log_to_pb(r: LogRecord) -> pb.LogRecord:
+    return pb.LogRecord(
+        function=r.function, request_id=r.request_id, timestamp=r.timestamp, stream=r.stream,
+        message=r.message, id=r.id,
+    )
+
+
+def _log_from_pb(r: pb.LogRecord) -> LogRecord:
+    return LogRecord(
+        function=r.function, request_id=r.request_id, timestamp=r.timestamp, stream=r.stream,
+        message=r.message, id=r.id,
+    )

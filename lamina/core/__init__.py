@@ -1,0 +1,1 @@
+"""Domain types, errors and settings shared by every Lamina process."""

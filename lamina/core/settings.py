@@ -1,0 +1,187 @@
+"""Configuration, read once.
+
+Every setting is a ``LAMINA_*`` environment variable; the CLI flags of ``lamina up``,
+``lamina controller``, ``lamina gateway`` and ``lamina invoker`` set the same names, and the
+Helm values and docker-compose pass the same keys. Nothing else in Lamina reads the
+environment: the CLI builds these objects and passes them down.
+
+A field's docstring (the string literal after it) gives its meaning, unit and why its
+default; ``describe()`` lists them for ``lamina settings``.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar, get_type_hints
+
+from lamina.core.errors import InvalidSpec
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class CommonSettings:
+    """Settings every process reads."""
+
+    data_dir: Path = Path(".lamina")
+    """LAMINA_DATA_DIR: directory for the SQLite database, code blobs, the invoker's code
+    cache and the admin key. Relative to the working directory, so `lamina up` in a project
+    keeps its state beside it."""
+
+    log_level: str = "info"
+    """LAMINA_LOG_LEVEL: debug, info, warning or error."""
+
+    controller_url: str = "127.0.0.1:50051"
+    """LAMINA_CONTROLLER_URL: host:port the gateway and invokers dial to reach the controller."""
+
+
+@dataclass(frozen=True)
+class ControllerSettings(CommonSettings):
+    """Settings of `lamina controller`."""
+
+    controller_listen: str = "127.0.0.1:50051"
+    """LAMINA_CONTROLLER_LISTEN: host:port the controller's gRPC server binds. Loopback by
+    default: the controller trusts its callers (gateway, invokers)."""
+
+    database_url: str = ""
+    """LAMINA_DATABASE_URL: SQLAlchemy URL of the store. Empty means SQLite (WAL) at
+    <data_dir>/lamina.db; use postgresql+psycopg://user@host/db in production."""
+
+    admin_key: str = ""
+    """LAMINA_ADMIN_KEY: when no API key exists yet, the controller stores this one (hashed)
+    as the admin key. Empty means: generate one and write it to <data_dir>/admin.key (0600)."""
+
+    heartbeat_interval_s: float = 2.0
+    """LAMINA_HEARTBEAT_INTERVAL_S: seconds between invoker heartbeats; an invoker silent
+    for three intervals is dropped from ListInvokers. 2 s keeps failover under 10 s."""
+
+    migrate: bool = True
+    """LAMINA_MIGRATE: apply Alembic migrations at start. Off when a separate migration job
+    (the Helm chart's hook) owns the schema."""
+
+
+@dataclass(frozen=True)
+class GatewaySettings(CommonSettings):
+    """Settings of `lamina gateway`."""
+
+    host: str = "127.0.0.1"
+    """LAMINA_HOST: address the HTTP server binds. Loopback by default (safe on a laptop)."""
+
+    port: int = 8080
+    """LAMINA_PORT: TCP port of the HTTP server."""
+
+    max_sync_payload_bytes: int = 6 * 1024 * 1024
+    """LAMINA_MAX_SYNC_PAYLOAD_BYTES: largest request body of a synchronous invocation,
+    in bytes. 6 MB is Lambda's limit, so code written for Lambda fits."""
+
+    federate_metrics: bool = False
+    """LAMINA_FEDERATE_METRICS: append the controller's and invokers' metrics to the
+    gateway's /metrics, so one scrape sees the whole stack. `lamina up` turns it on; in a
+    cluster Prometheus scrapes each process instead."""
+
+    invoke_grace_s: float = 5.0
+    """LAMINA_INVOKE_GRACE_S: seconds the gateway waits for an invoker beyond the function's
+    timeout before answering 504 itself, so a lost invoker never hangs a caller."""
+
+
+@dataclass(frozen=True)
+class InvokerSettings(CommonSettings):
+    """Settings of `lamina invoker`."""
+
+    invoker_listen: str = "127.0.0.1:50052"
+    """LAMINA_INVOKER_LISTEN: host:port the invoker's gRPC server binds."""
+
+    invoker_advertise: str = ""
+    """LAMINA_INVOKER_ADVERTISE: host:port the invoker registers, for the gateway to dial.
+    Empty means the listen address (right when everything runs on one machine)."""
+
+    invoker_id: str = ""
+    """LAMINA_INVOKER_ID: this invoker's name in the fleet. Empty means hostname-pid."""
+
+    memory_capacity_mb: int = 4096
+    """LAMINA_MEMORY_CAPACITY_MB: memory the invoker may reserve for workers, in MB."""
+
+    idle_timeout_s: float = 600.0
+    """LAMINA_IDLE_TIMEOUT_S: seconds an idle warm worker is kept before it is stopped.
+    10 minutes is AWS's fixed keep-alive."""
+
+    log_cap_bytes: int = 256 * 1024
+    """LAMINA_LOG_CAP_BYTES: most bytes of stdout/stderr kept per invocation; the rest is
+    dropped with a marker so a chatty function cannot exhaust the invoker's memory."""
+
+    python: str = ""
+    """LAMINA_PYTHON: the interpreter that runs Python workers. Empty means the invoker's
+    own interpreter binary (workers run it isolated, `-I -S`, never importing Lamina)."""
+
+    isolation: str = "auto"
+    """LAMINA_ISOLATION: `auto` picks the strongest layers the host permits; `cgroup`
+    requires a writable cgroup memory controller (start fails without one); `process`
+    uses rlimits only."""
+
+
+def _parse(value: str, kind: Any, key: str) -> Any:
+    try:
+        if kind is bool:
+            lowered = value.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError("expected true or false")
+        if kind is Path:
+            return Path(value)
+        return kind(value)
+    except ValueError as exc:
+        raise InvalidSpec(f"setting {key}={value!r} is invalid: {exc}") from exc
+
+
+def env_name(field_name: str) -> str:
+    return f"LAMINA_{field_name.upper()}"
+
+
+def load(cls: type[T], env: Mapping[str, str] | None = None, **overrides: Any) -> T:
+    """Build ``cls`` from ``LAMINA_*`` variables in ``env`` (default: ``os.environ``);
+    keyword overrides (CLI flags) win when not None."""
+    env = os.environ if env is None else env
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if overrides.get(f.name) is not None:
+            values[f.name] = overrides[f.name]
+        elif env_name(f.name) in env:
+            values[f.name] = _parse(env[env_name(f.name)], hints[f.name], env_name(f.name))
+    return cls(**values)
+
+
+def all_env_names() -> set[str]:
+    """Every ``LAMINA_*`` variable a server process reads (for docs and config checks)."""
+    names = set()
+    for cls in (ControllerSettings, GatewaySettings, InvokerSettings):
+        names.update(env_name(f.name) for f in dataclasses.fields(cls))
+    return names
+
+
+def describe(cls: type) -> list[tuple[str, str]]:
+    """(variable, docstring) for each field of ``cls``, read from the source."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        body = ast.parse(inspect.getsource(klass)).body[0].body  # type: ignore[attr-defined]
+        for node, nxt in zip(body, body[1:]):
+            if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+                docs[node.target.id] = inspect.cleandoc(nxt.value.value)  # type: ignore[union-attr]
+    return [(env_name(name), docs.get(name, "")) for name in (f.name for f in dataclasses.fields(cls))]
+
+
+def database_url(settings: ControllerSettings) -> str:
+    """The store's URL: LAMINA_DATABASE_URL, or SQLite under the data dir."""
+    return settings.database_url or f"sqlite:///{(settings.data_dir / 'lamina.db').resolve()}"
+
+

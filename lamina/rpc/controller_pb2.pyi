@@ -1,0 +1,291 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class FunctionSpec(_message.Message):
+    __slots__ = ("name", "runtime", "handler", "memory_mb", "timeout_s", "environment", "code_sha256", "description")
+    class EnvironmentEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    HANDLER_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    CODE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    runtime: str
+    handler: str
+    memory_mb: int
+    timeout_s: int
+    environment: _containers.ScalarMap[str, str]
+    code_sha256: str
+    description: str
+    def __init__(self, name: _Optional[str] = ..., runtime: _Optional[str] = ..., handler: _Optional[str] = ..., memory_mb: _Optional[int] = ..., timeout_s: _Optional[int] = ..., environment: _Optional[_Mapping[str, str]] = ..., code_sha256: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
+
+class Function(_message.Message):
+    __slots__ = ("spec", "revision", "code_size", "created_at", "updated_at")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    CODE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    spec: FunctionSpec
+    revision: int
+    code_size: int
+    created_at: float
+    updated_at: float
+    def __init__(self, spec: _Optional[_Union[FunctionSpec, _Mapping]] = ..., revision: _Optional[int] = ..., code_size: _Optional[int] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ...) -> None: ...
+
+class CreateFunctionRequest(_message.Message):
+    __slots__ = ("spec",)
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    spec: FunctionSpec
+    def __init__(self, spec: _Optional[_Union[FunctionSpec, _Mapping]] = ...) -> None: ...
+
+class UpdateFunctionRequest(_message.Message):
+    __slots__ = ("spec", "expected_revision")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_REVISION_FIELD_NUMBER: _ClassVar[int]
+    spec: FunctionSpec
+    expected_revision: int
+    def __init__(self, spec: _Optional[_Union[FunctionSpec, _Mapping]] = ..., expected_revision: _Optional[int] = ...) -> None: ...
+
+class GetFunctionRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListFunctionsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListFunctionsResponse(_message.Message):
+    __slots__ = ("functions", "next_page_token")
+    FUNCTIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    functions: _containers.RepeatedCompositeFieldContainer[Function]
+    next_page_token: str
+    def __init__(self, functions: _Optional[_Iterable[_Union[Function, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class DeleteFunctionRequest(_message.Message):
+    __slots__ = ("name", "expected_revision")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_REVISION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    expected_revision: int
+    def __init__(self, name: _Optional[str] = ..., expected_revision: _Optional[int] = ...) -> None: ...
+
+class DeleteFunctionResponse(_message.Message):
+    __slots__ = ("revision",)
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    def __init__(self, revision: _Optional[int] = ...) -> None: ...
+
+class WatchFunctionsRequest(_message.Message):
+    __slots__ = ("after_revision",)
+    AFTER_REVISION_FIELD_NUMBER: _ClassVar[int]
+    after_revision: int
+    def __init__(self, after_revision: _Optional[int] = ...) -> None: ...
+
+class FunctionEvent(_message.Message):
+    __slots__ = ("type", "function", "revision")
+    class Type(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        TYPE_UNSPECIFIED: _ClassVar[FunctionEvent.Type]
+        PUT: _ClassVar[FunctionEvent.Type]
+        DELETE: _ClassVar[FunctionEvent.Type]
+        RESET: _ClassVar[FunctionEvent.Type]
+        SYNCED: _ClassVar[FunctionEvent.Type]
+    TYPE_UNSPECIFIED: FunctionEvent.Type
+    PUT: FunctionEvent.Type
+    DELETE: FunctionEvent.Type
+    RESET: FunctionEvent.Type
+    SYNCED: FunctionEvent.Type
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    type: FunctionEvent.Type
+    function: Function
+    revision: int
+    def __init__(self, type: _Optional[_Union[FunctionEvent.Type, str]] = ..., function: _Optional[_Union[Function, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class CodeChunk(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class CodeRef(_message.Message):
+    __slots__ = ("sha256", "size")
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    size: int
+    def __init__(self, sha256: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+
+class DownloadCodeRequest(_message.Message):
+    __slots__ = ("sha256",)
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    def __init__(self, sha256: _Optional[str] = ...) -> None: ...
+
+class AuthenticateRequest(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    def __init__(self, key: _Optional[str] = ...) -> None: ...
+
+class Principal(_message.Message):
+    __slots__ = ("key_id", "name", "admin")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ADMIN_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    name: str
+    admin: bool
+    def __init__(self, key_id: _Optional[str] = ..., name: _Optional[str] = ..., admin: _Optional[bool] = ...) -> None: ...
+
+class CreateApiKeyRequest(_message.Message):
+    __slots__ = ("name", "admin")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ADMIN_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    admin: bool
+    def __init__(self, name: _Optional[str] = ..., admin: _Optional[bool] = ...) -> None: ...
+
+class CreateApiKeyResponse(_message.Message):
+    __slots__ = ("principal", "key")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    principal: Principal
+    key: str
+    def __init__(self, principal: _Optional[_Union[Principal, _Mapping]] = ..., key: _Optional[str] = ...) -> None: ...
+
+class RegisterInvokerRequest(_message.Message):
+    __slots__ = ("invoker_id", "address", "memory_capacity_mb")
+    INVOKER_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_CAPACITY_MB_FIELD_NUMBER: _ClassVar[int]
+    invoker_id: str
+    address: str
+    memory_capacity_mb: int
+    def __init__(self, invoker_id: _Optional[str] = ..., address: _Optional[str] = ..., memory_capacity_mb: _Optional[int] = ...) -> None: ...
+
+class RegisterInvokerResponse(_message.Message):
+    __slots__ = ("heartbeat_interval_s",)
+    HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    heartbeat_interval_s: float
+    def __init__(self, heartbeat_interval_s: _Optional[float] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("invoker_id", "in_flight", "warm_workers")
+    INVOKER_ID_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    WARM_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    invoker_id: str
+    in_flight: int
+    warm_workers: int
+    def __init__(self, invoker_id: _Optional[str] = ..., in_flight: _Optional[int] = ..., warm_workers: _Optional[int] = ...) -> None: ...
+
+class HeartbeatResponse(_message.Message):
+    __slots__ = ("known",)
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    known: bool
+    def __init__(self, known: _Optional[bool] = ...) -> None: ...
+
+class ListInvokersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class InvokerInfo(_message.Message):
+    __slots__ = ("invoker_id", "address", "memory_capacity_mb", "last_heartbeat_at", "in_flight", "warm_workers")
+    INVOKER_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_CAPACITY_MB_FIELD_NUMBER: _ClassVar[int]
+    LAST_HEARTBEAT_AT_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    WARM_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    invoker_id: str
+    address: str
+    memory_capacity_mb: int
+    last_heartbeat_at: float
+    in_flight: int
+    warm_workers: int
+    def __init__(self, invoker_id: _Optional[str] = ..., address: _Optional[str] = ..., memory_capacity_mb: _Optional[int] = ..., last_heartbeat_at: _Optional[float] = ..., in_flight: _Optional[int] = ..., warm_workers: _Optional[int] = ...) -> None: ...
+
+class ListInvokersResponse(_message.Message):
+    __slots__ = ("invokers",)
+    INVOKERS_FIELD_NUMBER: _ClassVar[int]
+    invokers: _containers.RepeatedCompositeFieldContainer[InvokerInfo]
+    def __init__(self, invokers: _Optional[_Iterable[_Union[InvokerInfo, _Mapping]]] = ...) -> None: ...
+
+class LogRecord(_message.Message):
+    __slots__ = ("function", "request_id", "timestamp", "stream", "message", "id")
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    function: str
+    request_id: str
+    timestamp: float
+    stream: str
+    message: str
+    id: int
+    def __init__(self, function: _Optional[str] = ..., request_id: _Optional[str] = ..., timestamp: _Optional[float] = ..., stream: _Optional[str] = ..., message: _Optional[str] = ..., id: _Optional[int] = ...) -> None: ...
+
+class PutLogsRequest(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[LogRecord]
+    def __init__(self, records: _Optional[_Iterable[_Union[LogRecord, _Mapping]]] = ...) -> None: ...
+
+class PutLogsResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class QueryLogsRequest(_message.Message):
+    __slots__ = ("function", "request_id", "after_id", "limit")
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    function: str
+    request_id: str
+    after_id: int
+    limit: int
+    def __init__(self, function: _Optional[str] = ..., request_id: _Optional[str] = ..., after_id: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class QueryLogsResponse(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[LogRecord]
+    def __init__(self, records: _Optional[_Iterable[_Union[LogRecord, _Mapping]]] = ...) -> None: ...
+
+class GetMetricsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetMetricsResponse(_message.Message):
+    __slots__ = ("text",)
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    def __init__(self, text: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,120 @@
+"""The boundary between protobuf messages and Lamina's domain types.
+
+Protobuf types never travel past the module that receives them: servers and clients call
+these functions at the edge. ``GRPC_STATUS`` is the one table mapping errors to gRPC status
+codes; ``raise_for`` turns a gRPC error back into the same ``LaminaError``.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from lamina.core import errors
+from lamina.core.functions import Function, FunctionSpec
+from lamina.core.invocations import InvocationResult, Outcome
+from lamina.rpc import controller_pb2 as cpb
+from lamina.rpc import invoker_pb2 as ipb
+
+#: gRPC status of each error class; the only such table.
+GRPC_STATUS: dict[type[errors.LaminaError], grpc.StatusCode] = {
+    errors.InvalidSpec: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.Conflict: grpc.StatusCode.ABORTED,
+    errors.LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.LaminaError: grpc.StatusCode.INTERNAL,
+}
+_FROM_GRPC = {code: cls for cls, code in GRPC_STATUS.items()}
+
+#: Large enough for a 6 MB payload plus its envelope, on both ends of every channel.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+SERVER_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+def grpc_status(error: errors.LaminaError) -> grpc.StatusCode:
+    for cls in type(error).__mro__:
+        if cls in GRPC_STATUS:
+            return GRPC_STATUS[cls]
+    return grpc.StatusCode.INTERNAL
+
+
+def error_from_rpc(exc: grpc.RpcError) -> errors.LaminaError:
+    """The ``LaminaError`` a failed call stands for (transport failures → ``Unavailable``)."""
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    detail = exc.details() if hasattr(exc, "details") else str(exc)
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+        return errors.Unavailable(f"{detail or code.name}")
+    return _FROM_GRPC.get(code, errors.LaminaError)(detail or code.name)
+
+
+def spec_to_pb(spec: FunctionSpec) -> cpb.FunctionSpec:
+    return cpb.FunctionSpec(
+        name=spec.name, runtime=spec.runtime, handler=spec.handler, memory_mb=spec.memory_mb,
+        timeout_s=spec.timeout_s, environment=dict(spec.environment), code_sha256=spec.code_sha256,
+        description=spec.description,
+    )
+
+
+def spec_from_pb(msg: cpb.FunctionSpec) -> FunctionSpec:
+    return FunctionSpec(
+        name=msg.name, runtime=msg.runtime, handler=msg.handler, memory_mb=msg.memory_mb,
+        timeout_s=msg.timeout_s, environment=dict(msg.environment), code_sha256=msg.code_sha256,
+        description=msg.description,
+    )
+
+
+def function_to_pb(fn: Function) -> cpb.Function:
+    return cpb.Function(
+        spec=spec_to_pb(fn.spec), revision=fn.revision, code_size=fn.code_size,
+        created_at=fn.created_at, updated_at=fn.updated_at,
+    )
+
+
+def function_from_pb(msg: cpb.Function) -> Function:
+    return Function(
+        spec=spec_from_pb(msg.spec), revision=msg.revision, code_size=msg.code_size,
+        created_at=msg.created_at, updated_at=msg.updated_at,
+    )
+
+
+_OUTCOME_TO_PB = {
+    Outcome.SUCCESS: ipb.SUCCESS,
+    Outcome.FUNCTION_ERROR: ipb.FUNCTION_ERROR,
+    Outcome.CRASHED: ipb.CRASHED,
+    Outcome.OUT_OF_MEMORY: ipb.OUT_OF_MEMORY,
+    Outcome.TIMEOUT: ipb.TIMEOUT,
+}
+_OUTCOME_FROM_PB = {v: k for k, v in _OUTCOME_TO_PB.items()}
+
+
+def result_to_pb(result: InvocationResult) -> ipb.InvokeResponse:
+    return ipb.InvokeResponse(
+        outcome=_OUTCOME_TO_PB[result.outcome], payload=result.payload, error_type=result.error_type,
+        error_message=result.error_message, stack_trace=result.stack_trace, logs=result.logs,
+        duration_ms=result.duration_ms, init_duration_ms=result.init_duration_ms,
+        cold_start=result.cold_start, max_memory_used_mb=result.max_memory_used_mb,
+        invoker_id=result.invoker_id,
+    )
+
+
+def result_from_pb(msg: ipb.InvokeResponse) -> InvocationResult:
+    return InvocationResult(
+        outcome=_OUTCOME_FROM_PB.get(msg.outcome, Outcome.CRASHED), payload=msg.payload,
+        error_type=msg.error_type, error_message=msg.error_message, stack_trace=list(msg.stack_trace),
+        logs=msg.logs, duration_ms=msg.duration_ms, init_duration_ms=msg.init_duration_ms,
+        cold_start=msg.cold_start, max_memory_used_mb=msg.max_memory_used_mb, invoker_id=msg.invoker_id,
+    )
