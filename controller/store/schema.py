@@ -1,0 +1,95 @@
+"""The tables of the controller's database, as SQLAlchemy Core metadata.
+
+This is the *model* the code queries against; the schema itself is created and changed
+only by Alembic (``migrations/``). ``tests/controller/test_migrations.py`` checks that the
+migrated database and this metadata agree, so the two cannot drift apart.
+
+Timestamps are unix seconds in a double, exactly what the wire and the domain types carry,
+so nothing is lost or shifted by time-zone handling that differs between SQLite and
+PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY (the rowid alias), not a BIGINT one.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+functions = sa.Table(
+    "functions",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("runtime", sa.String(32), nullable=False),
+    sa.Column("handler", sa.String(128), nullable=False),
+    sa.Column("memory_mb", sa.Integer, nullable=False),
+    sa.Column("timeout_s", sa.Integer, nullable=False),
+    sa.Column("environment", sa.JSON, nullable=False),
+    sa.Column("description", sa.String(256), nullable=False),
+    sa.Column("code_sha256", sa.String(64), nullable=False),
+    sa.Column("code_size", sa.BigInteger, nullable=False),
+    # Global revision of the row's last change (see revision_counter).
+    sa.Column("revision", sa.BigInteger, nullable=False, index=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    # A deleted function stays as a tombstone so watchers resuming from an older revision
+    # learn about the deletion; creating the name again reuses the row.
+    sa.Column("deleted", sa.Boolean, nullable=False),
+)
+
+# One row (id = 1): the last revision handed out. Every function write increments it in
+# its own transaction, which is what makes revisions global and gap-free.
+revision_counter = sa.Table(
+    "revision_counter",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("value", sa.BigInteger, nullable=False),
+)
+
+code_blobs = sa.Table(
+    "code_blobs",
+    metadata,
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(128), nullable=False),
+    # sha256 (hex) of the whole key; the key itself is never stored.
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("admin", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("revoked", sa.Boolean, nullable=False),
+)
+
+invokers = sa.Table(
+    "invokers",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("address", sa.String(255), nullable=False),
+    sa.Column("memory_capacity_mb", sa.BigInteger, nullable=False),
+    sa.Column("registered_at", sa.Float, nullable=False),
+    sa.Column("last_heartbeat_at", sa.Float, nullable=False),
+    sa.Column("in_flight", sa.Integer, nullable=False),
+    sa.Column("warm_workers", sa.Integer, nullable=False),
+)
+
+log_records = sa.Table(
+    "log_records",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("function", sa.String(64), nullable=False),
+    sa.Column("request_id", sa.String(128), nullable=False),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("stream", sa.String(16), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    # Serves "the newest N of a function after id X" (tail) without a sort.
+    sa.Index("ix_log_records_function_id", "function", "id"),
+    sa.Index("ix_log_records_request_id", "request_id"),
+)

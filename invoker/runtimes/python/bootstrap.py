@@ -1,0 +1,185 @@
+"""The Python worker runtime: imports a Lambda handler once, then serves invocations.
+
+Standard library only. The invoker runs it as ``<python> -I -S -u bootstrap.py <fd>`` with
+the function's code directory as the working directory and an allow-listed environment;
+``-I`` keeps this file's directory off ``sys.path``, ``-S`` keeps site-packages (and so
+Lamina and grpc) away from user code. ``<fd>`` is one end of a unix socketpair.
+
+Frames, both ways: ``>II`` (header length, body length), a JSON header, raw body bytes.
+
+    invoker → worker   {"type": "init", "handler": "app.handler"}
+                       {"type": "invoke", "request_id", "deadline_ms", "invoked_function_arn"} + event JSON
+    worker → invoker   {"type": "init_ok"} | {"type": "init_error", errorType, errorMessage, stackTrace}
+                       {"type": "result"} + result JSON
+                       {"type": "error", errorType, errorMessage, stackTrace, "oom": bool}
+
+stdout and stderr are pipes the invoker reads; both are flushed before every reply, so
+every line written during an invocation reaches the pipe before the invoker learns that the
+invocation ended, and is attributed to that request.
+"""
+
+import importlib
+import json
+import os
+import socket
+import struct
+import sys
+import time
+import traceback
+
+_HEADER = struct.Struct(">II")
+#: Lambda's limit on a synchronous response.
+MAX_RESPONSE_BYTES = 6 * 1024 * 1024
+_THIS_FILE = os.path.abspath(__file__)
+
+
+class Channel:
+    """Blocking frame I/O on the socket shared with the invoker."""
+
+    def __init__(self, fd):
+        self.sock = socket.socket(fileno=fd)
+
+    def _recv_exact(self, size):
+        buf = bytearray(size)
+        view = memoryview(buf)
+        got = 0
+        while got < size:
+            n = self.sock.recv_into(view[got:], size - got)
+            if n == 0:
+                raise EOFError("invoker closed the channel")
+            got += n
+        return bytes(buf)
+
+    def recv(self):
+        header_len, body_len = _HEADER.unpack(self._recv_exact(_HEADER.size))
+        header = json.loads(self._recv_exact(header_len))
+        return header, self._recv_exact(body_len) if body_len else b""
+
+    def send(self, header, body=b""):
+        # Logs first: the invoker attributes everything read before a reply to its request.
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001 - a user may have replaced or closed the stream
+                pass
+        raw = json.dumps(header).encode()
+        self.sock.sendall(_HEADER.pack(len(raw), len(body)) + raw + body)
+
+
+class LambdaContext:
+    """The context object of AWS Lambda's Python runtime."""
+
+    def __init__(self, request_id, deadline_ms, invoked_function_arn):
+        self.aws_request_id = request_id
+        self.invoked_function_arn = invoked_function_arn
+        self.function_name = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "")
+        self.function_version = os.environ.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        self.memory_limit_in_mb = int(os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128"))
+        self.log_group_name = os.environ.get("AWS_LAMBDA_LOG_GROUP_NAME", "")
+        self.log_stream_name = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME", "")
+        self.identity = None
+        self.client_context = None
+        self._deadline_ms = deadline_ms
+
+    def get_remaining_time_in_millis(self):
+        return max(0, int(self._deadline_ms - time.time() * 1000))
+
+    def __repr__(self):
+        return (f"LambdaContext(aws_request_id={self.aws_request_id!r}, "
+                f"function_name={self.function_name!r}, function_version={self.function_version!r})")
+
+
+def _user_frames(tb):
+    """The traceback as Lambda's ``stackTrace`` list, without this runtime's frames."""
+    frames = [f for f in traceback.extract_tb(tb) if os.path.abspath(f.filename) != _THIS_FILE]
+    return traceback.format_list(frames)
+
+
+def _error(error_type, message, stack=None, kind="error"):
+    return {"type": kind, "errorType": error_type, "errorMessage": message, "stackTrace": stack or []}
+
+
+def load_handler(handler):
+    """Import the handler's module and find the function; return (function, None) or (None, error)."""
+    try:
+        modname, fname = handler.rsplit(".", 1)
+    except ValueError:
+        return None, _error("Runtime.MalformedHandlerName", f"Bad handler '{handler}': expected module.function",
+                            kind="init_error")
+    try:
+        module = importlib.import_module(modname.replace("/", "."))
+    except ImportError as exc:
+        return None, _error("Runtime.ImportModuleError", f"Unable to import module '{modname}': {exc}",
+                            _user_frames(exc.__traceback__), kind="init_error")
+    except SyntaxError as exc:
+        stack = [f'  File "{exc.filename}" Line {exc.lineno}\n    {(exc.text or "").rstrip()}\n']
+        return None, _error("Runtime.UserCodeSyntaxError", f"Syntax error in module '{modname}': {exc}",
+                            stack, kind="init_error")
+    except MemoryError:
+        return None, _error("Runtime.OutOfMemory", "MemoryError during init", kind="init_error") | {"oom": True}
+    except Exception as exc:  # noqa: BLE001 - any failure at import is the function's init error
+        return None, _error(type(exc).__name__, str(exc), _user_frames(exc.__traceback__), kind="init_error")
+    function = getattr(module, fname, None)
+    if not callable(function):
+        return None, _error("Runtime.HandlerNotFound", f"Handler '{fname}' missing on module '{modname}'",
+                            kind="init_error")
+    return function, None
+
+
+def invoke(function, header, body):
+    """Run one invocation; return (reply header, reply body)."""
+    try:
+        event = json.loads(body) if body else {}
+    except ValueError as exc:
+        return _error("Runtime.UnmarshalError", f"Unable to unmarshal input: {exc}"), b""
+    context = LambdaContext(header["request_id"], header["deadline_ms"], header["invoked_function_arn"])
+    try:
+        value = function(event, context)
+    except MemoryError:
+        return _error("Runtime.OutOfMemory", "MemoryError") | {"oom": True}, b""
+    except Exception as exc:  # noqa: BLE001 - the handler's failure is the invocation's result
+        try:
+            message = str(exc)
+        except Exception:  # noqa: BLE001
+            message = f"<unprintable {type(exc).__name__}>"
+        return _error(type(exc).__name__, message, _user_frames(exc.__traceback__)), b""
+    try:
+        out = json.dumps(value).encode()
+    except MemoryError:
+        return _error("Runtime.OutOfMemory", "MemoryError") | {"oom": True}, b""
+    except (TypeError, ValueError, RecursionError) as exc:
+        return _error("Runtime.MarshalError", f"Unable to marshal response: {exc}"), b""
+    if len(out) > MAX_RESPONSE_BYTES:
+        return _error("Function.ResponseSizeTooLarge",
+                      f"Response payload size ({len(out)} bytes) exceeded maximum allowed payload size "
+                      f"({MAX_RESPONSE_BYTES} bytes)."), b""
+    return {"type": "result"}, out
+
+
+def main():
+    channel = Channel(int(sys.argv[1]))
+    code_dir = os.getcwd()
+    sys.path.insert(0, code_dir)
+    sys.argv = [os.path.join(code_dir, "__lambda__")]
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(line_buffering=True, errors="backslashreplace")
+    try:
+        header, _ = channel.recv()
+    except EOFError:
+        return 0
+    function, failure = load_handler(header["handler"])
+    channel.send(failure or {"type": "init_ok"})
+    if failure is not None:
+        return 0
+    while True:
+        try:
+            header, body = channel.recv()
+        except EOFError:
+            return 0
+        reply, out = invoke(function, header, body)
+        del body
+        channel.send(reply, out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

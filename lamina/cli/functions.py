@@ -1,0 +1,214 @@
+"""The developer's commands: deploy, invoke, list, describe, delete, logs.
+
+They talk to the gateway at ``LAMINA_URL`` with ``LAMINA_API_KEY`` (default: the admin key
+file of ``./.lamina``), through ``lamina.client``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from lamina.client import DEFAULT_URL, Client, pack_directory
+from lamina.core.errors import Conflict, InvalidSpec, LaminaError, NotFound
+from lamina.core.functions import FunctionSpec, validate_spec
+
+err = Console(stderr=True)
+out = Console()
+
+Url = Annotated[str, typer.Option("--url", envvar="LAMINA_URL", help="Gateway URL")]
+ApiKey = Annotated[Optional[str], typer.Option("--api-key", envvar="LAMINA_API_KEY", show_default=False,
+                                               help="API key [default: ./.lamina/admin.key]")]
+
+#: lamina.yaml keys and the spec fields they set.
+YAML_KEYS = {"name": "name", "runtime": "runtime", "handler": "handler", "memory": "memory_mb",
+             "timeout": "timeout_s", "environment": "environment", "description": "description"}
+
+
+def _client(url: str, api_key: str | None) -> Client:
+    if not api_key:
+        key_file = Path(".lamina") / "admin.key"
+        api_key = key_file.read_text().strip() if key_file.exists() else ""
+    return Client(url, api_key)
+
+
+def _fail(exc: LaminaError) -> typer.Exit:
+    err.print(f"[red]error:[/] {exc.message}", highlight=False)
+    return typer.Exit(1)
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """The spec fields set by ``directory/lamina.yaml`` (empty when there is none)."""
+    path = directory / "lamina.yaml"
+    if not path.exists():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InvalidSpec(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidSpec(f"{path} must be a mapping of settings")
+    unknown = sorted(set(data) - set(YAML_KEYS))
+    if unknown:
+        raise InvalidSpec(f"{path}: unknown keys {', '.join(unknown)} (known: {', '.join(YAML_KEYS)})")
+    spec = {YAML_KEYS[k]: v for k, v in data.items()}
+    env = spec.get("environment", {})
+    if not isinstance(env, dict):
+        raise InvalidSpec(f"{path}: environment must be a mapping")
+    spec["environment"] = {str(k): str(v) for k, v in env.items()}
+    return spec
+
+
+def _parse_env(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise InvalidSpec(f"--env {pair!r}: expected KEY=VALUE")
+        env[key] = value
+    return env
+
+
+def _payload(text: str | None) -> bytes:
+    if text is None:
+        return b"{}"
+    data = Path(text[1:]).read_bytes() if text.startswith("@") else text.encode()
+    try:
+        json.loads(data)
+    except ValueError as exc:
+        raise InvalidSpec(f"--payload is not valid JSON: {exc}") from exc
+    return data
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def deploy(
+        directory: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Function source directory")],
+        name: Annotated[Optional[str], typer.Option("--name", "-n")] = None,
+        runtime: Annotated[Optional[str], typer.Option("--runtime")] = None,
+        handler: Annotated[Optional[str], typer.Option("--handler")] = None,
+        memory: Annotated[Optional[int], typer.Option("--memory", help="MB")] = None,
+        timeout: Annotated[Optional[int], typer.Option("--timeout", help="seconds")] = None,
+        env: Annotated[Optional[list[str]], typer.Option("--env", "-e", help="KEY=VALUE, repeatable")] = None,
+        description: Annotated[Optional[str], typer.Option("--description")] = None,
+        url: Url = DEFAULT_URL,
+        api_key: ApiKey = None,
+    ) -> None:
+        """Deploy DIRECTORY as a function (settings from flags, then DIRECTORY/lamina.yaml)."""
+        try:
+            fields = read_manifest(directory)
+            flags = {"name": name, "runtime": runtime, "handler": handler, "memory_mb": memory,
+                     "timeout_s": timeout, "description": description}
+            fields.update({k: v for k, v in flags.items() if v is not None})
+            fields["environment"] = {**fields.get("environment", {}), **_parse_env(env or [])}
+            fields.setdefault("name", directory.resolve().name)
+            try:
+                validate_spec(FunctionSpec(**fields), require_code=False)
+            except TypeError as exc:
+                raise InvalidSpec(f"invalid settings: {exc}") from exc
+            code = pack_directory(directory)
+            with _client(url, api_key) as client:
+                try:
+                    current = client.get_function(fields["name"])["revision"]
+                except NotFound:
+                    current = None
+                fn = client.create(fields, code) if current is None else client.deploy(fields, code, if_match=current)
+        except Conflict as exc:
+            err.print(f"[red]error:[/] {exc.message} (someone else deployed meanwhile; run deploy again)")
+            raise typer.Exit(1) from exc
+        except LaminaError as exc:
+            raise _fail(exc) from exc
+        verb = "updated" if current else "created"
+        out.print(f"{verb} [bold]{fn['name']}[/] revision {fn['revision']} "
+                  f"(code {fn['code_sha256'][:12]}, {fn['code_size']} bytes)")
+        out.print(f"  HTTP: {url.rstrip('/')}/function/{fn['name']}", highlight=False)
+
+    @app.command()
+    def invoke(
+        name: str,
+        payload: Annotated[Optional[str], typer.Option("--payload", "-p", help="JSON event or @file")] = None,
+        url: Url = DEFAULT_URL,
+        api_key: ApiKey = None,
+    ) -> None:
+        """Invoke NAME with a JSON event; print its result (exit 1 if the function failed)."""
+        try:
+            with _client(url, api_key) as client:
+                result = client.invoke(name, _payload(payload))
+        except LaminaError as exc:
+            raise _fail(exc) from exc
+        if result.function_error:
+            body = result.json() or {}
+            err.print(f"[red]{result.function_error}:[/] {body.get('errorMessage', '')}", highlight=False)
+            for line in body.get("stackTrace", []):
+                err.print(line.rstrip("\n"), highlight=False, markup=False)
+            raise typer.Exit(1)
+        sys.stdout.write(result.body.decode() + "\n")
+
+    @app.command("list")
+    def list_(url: Url = DEFAULT_URL, api_key: ApiKey = None) -> None:
+        """List functions."""
+        table = Table("NAME", "RUNTIME", "HANDLER", "MEMORY", "TIMEOUT", "REVISION", "UPDATED")
+        try:
+            with _client(url, api_key) as client:
+                for fn in client.list_functions():
+                    table.add_row(fn["name"], fn["runtime"], fn["handler"], f"{fn['memory_mb']} MB",
+                                  f"{fn['timeout_s']} s", str(fn["revision"]), fn["updated_at"])
+        except LaminaError as exc:
+            raise _fail(exc) from exc
+        out.print(table)
+
+    @app.command()
+    def describe(name: str, url: Url = DEFAULT_URL, api_key: ApiKey = None) -> None:
+        """Show NAME's configuration."""
+        try:
+            with _client(url, api_key) as client:
+                fn = client.get_function(name)
+        except LaminaError as exc:
+            raise _fail(exc) from exc
+        sys.stdout.write(json.dumps(fn, indent=2) + "\n")
+
+    @app.command()
+    def delete(name: str, url: Url = DEFAULT_URL, api_key: ApiKey = None) -> None:
+        """Delete NAME."""
+        try:
+            with _client(url, api_key) as client:
+                client.delete_function(name)
+        except LaminaError as exc:
+            raise _fail(exc) from exc
+        out.print(f"deleted [bold]{name}[/]")
+
+    @app.command()
+    def logs(
+        name: str,
+        request_id: Annotated[Optional[str], typer.Option("--request-id", "-r")] = None,
+        limit: Annotated[int, typer.Option("--limit", "-n")] = 200,
+        follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines")] = False,
+        url: Url = DEFAULT_URL,
+        api_key: ApiKey = None,
+    ) -> None:
+        """Print NAME's logs, each line tagged with its request id."""
+        after = 0
+        try:
+            with _client(url, api_key) as client:
+                while True:
+                    for record in client.logs(name, request_id=request_id or "", after_id=after, limit=limit):
+                        after = max(after, record["id"])
+                        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record["timestamp"]))
+                        line = record["message"].rstrip("\n")
+                        sys.stdout.write(f"{stamp} {record['request_id']} {line}\n")
+                    sys.stdout.flush()
+                    if not follow:
+                        return
+                    time.sleep(1)
+        except LaminaError as exc:
+            raise _fail(exc) from exc
+        except KeyboardInterrupt:
+            return

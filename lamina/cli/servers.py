@@ -1,0 +1,105 @@
+"""`lamina up`, `lamina controller`, `lamina gateway`, `lamina invoker`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from lamina.core import settings as cfg
+from lamina.core.errors import InvalidSpec
+
+DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="State directory [LAMINA_DATA_DIR, default ./.lamina]")]
+LogLevel = Annotated[Optional[str], typer.Option("--log-level", help="debug|info|warning|error [LAMINA_LOG_LEVEL]")]
+ControllerUrl = Annotated[Optional[str], typer.Option("--controller-url", help="host:port [LAMINA_CONTROLLER_URL]")]
+
+
+def configure_logging(level: str, component: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format=f"%(asctime)s {component:<10} %(levelname)-7s %(name)s: %(message)s",
+    )
+
+
+def _load(cls: type[cfg.T], **flags: object) -> cfg.T:
+    try:
+        return cfg.load(cls, **flags)
+    except InvalidSpec as exc:
+        raise typer.BadParameter(exc.message) from exc
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def up(
+        data_dir: DataDir = None,
+        port: Annotated[Optional[int], typer.Option("--port", help="Gateway HTTP port [LAMINA_PORT, default 8080]")] = None,
+        host: Annotated[Optional[str], typer.Option("--host", help="Gateway bind address [LAMINA_HOST]")] = None,
+        log_level: LogLevel = None,
+    ) -> None:
+        """Run the whole embedded stack (controller, invoker, gateway) on this machine."""
+        from lamina.cli.supervisor import Stack
+
+        gateway = _load(cfg.GatewaySettings, data_dir=data_dir, port=port, host=host, log_level=log_level,
+                        federate_metrics=True)
+        configure_logging(gateway.log_level, "up")
+        raise typer.Exit(Stack(gateway).run())
+
+    @app.command()
+    def controller(
+        data_dir: DataDir = None,
+        listen: Annotated[Optional[str], typer.Option("--listen", help="host:port [LAMINA_CONTROLLER_LISTEN]")] = None,
+        database_url: Annotated[Optional[str], typer.Option("--database-url", help="[LAMINA_DATABASE_URL]")] = None,
+        log_level: LogLevel = None,
+    ) -> None:
+        """Run the controller (gRPC): functions, code, keys, invoker registry, logs."""
+        settings = _load(cfg.ControllerSettings, data_dir=data_dir, controller_listen=listen,
+                         database_url=database_url, log_level=log_level)
+        configure_logging(settings.log_level, "controller")
+        from controller.server import serve
+
+        asyncio.run(serve(settings))
+
+    @app.command()
+    def gateway(
+        data_dir: DataDir = None,
+        port: Annotated[Optional[int], typer.Option("--port", help="[LAMINA_PORT]")] = None,
+        host: Annotated[Optional[str], typer.Option("--host", help="[LAMINA_HOST]")] = None,
+        controller_url: ControllerUrl = None,
+        log_level: LogLevel = None,
+    ) -> None:
+        """Run the gateway (HTTP): invocation routes, management API, metrics."""
+        settings = _load(cfg.GatewaySettings, data_dir=data_dir, port=port, host=host,
+                         controller_url=controller_url, log_level=log_level)
+        configure_logging(settings.log_level, "gateway")
+        from gateway.server import serve
+
+        asyncio.run(serve(settings))
+
+    @app.command()
+    def invoker(
+        data_dir: DataDir = None,
+        listen: Annotated[Optional[str], typer.Option("--listen", help="host:port [LAMINA_INVOKER_LISTEN]")] = None,
+        controller_url: ControllerUrl = None,
+        log_level: LogLevel = None,
+    ) -> None:
+        """Run an invoker (gRPC): warm worker pools that run function code."""
+        settings = _load(cfg.InvokerSettings, data_dir=data_dir, invoker_listen=listen,
+                         controller_url=controller_url, log_level=log_level)
+        configure_logging(settings.log_level, "invoker")
+        from invoker.server import serve
+
+        asyncio.run(serve(settings))
+
+    @app.command("settings")
+    def settings_() -> None:
+        """List every LAMINA_* setting with its meaning and default."""
+        from rich.console import Console
+
+        console = Console()
+        for cls in (cfg.ControllerSettings, cfg.GatewaySettings, cfg.InvokerSettings):
+            console.rule(cls.__name__)
+            for _, doc in cfg.describe(cls):
+                console.print(doc, highlight=False)

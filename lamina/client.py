@@ -1,0 +1,136 @@
+"""The Python client of Lamina's management API (what the CLI uses).
+
+Synchronous (httpx): a CLI command makes a handful of calls. Error responses are raised as
+the ``LaminaError`` their ``{"error": {"code", "message"}}`` body names.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from lamina.core import bundles
+from lamina.core.errors import BY_CODE, LaminaError, Unavailable
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+@dataclass
+class InvokeResult:
+    """The answer to a direct invocation."""
+
+    status_code: int
+    body: bytes
+    request_id: str = ""
+    #: The error type when the function failed (the X-Lamina-Function-Error header).
+    function_error: str = ""
+    cold_start: bool = False
+    duration_ms: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def json(self) -> Any:
+        return json.loads(self.body) if self.body else None
+
+
+class Client:
+    """One gateway URL and one API key."""
+
+    def __init__(self, url: str = DEFAULT_URL, api_key: str = "", timeout: float = 960.0) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+        self.url = url
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise Unavailable(f"cannot reach Lamina at {self.url}: {exc}") from exc
+        if response.status_code >= 400 and not path.endswith("/invoke"):
+            raise _error(response)
+        return response
+
+    # functions
+
+    def list_functions(self, page_size: int = 100) -> Iterator[dict[str, Any]]:
+        token = ""
+        while True:
+            params = {"page_size": page_size, **({"page_token": token} if token else {})}
+            page = self._request("GET", "/api/v1/functions", params=params).json()
+            yield from page["functions"]
+            token = page.get("next_page_token") or ""
+            if not token:
+                return
+
+    def get_function(self, name: str) -> dict[str, Any]:
+        return self._request("GET", f"/api/v1/functions/{name}").json()
+
+    def deploy(self, spec: dict[str, Any], code: bytes | None = None, *, if_match: int | None = None) -> dict[str, Any]:
+        """Create or replace function ``spec["name"]``; ``code`` is a zip (None keeps the current code).
+        With ``if_match`` the write fails with ``Conflict`` unless the stored revision is that one."""
+        headers = {"If-Match": f'"{if_match}"'} if if_match else {}
+        files: dict[str, Any] = {"spec": (None, json.dumps(spec), "application/json")}
+        if code is not None:
+            files["code"] = ("code.zip", code, "application/zip")
+        return self._request("PUT", f"/api/v1/functions/{spec['name']}", files=files, headers=headers).json()
+
+    def create(self, spec: dict[str, Any], code: bytes) -> dict[str, Any]:
+        """Create function ``spec["name"]``; ``Conflict`` if it exists."""
+        files = {"spec": (None, json.dumps(spec), "application/json"), "code": ("code.zip", code, "application/zip")}
+        return self._request("POST", "/api/v1/functions", files=files).json()
+
+    def delete_function(self, name: str) -> None:
+        self._request("DELETE", f"/api/v1/functions/{name}")
+
+    def invoke(self, name: str, payload: bytes = b"{}") -> InvokeResult:
+        response = self._request(
+            "POST", f"/api/v1/functions/{name}/invoke", content=payload,
+            headers={"Content-Type": "application/json"},
+        )
+        error = response.headers.get("x-lamina-function-error", "")
+        if response.status_code >= 400 and not error:
+            raise _error(response)
+        return InvokeResult(
+            status_code=response.status_code,
+            body=response.content,
+            request_id=response.headers.get("x-lamina-request-id", ""),
+            function_error=error,
+            cold_start=response.headers.get("x-lamina-cold-start") == "true",
+            duration_ms=float(response.headers.get("x-lamina-duration-ms") or 0),
+            headers=dict(response.headers),
+        )
+
+    def logs(self, name: str, *, request_id: str = "", after_id: int = 0, limit: int = 200) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit, "after_id": after_id}
+        if request_id:
+            params["request_id"] = request_id
+        return self._request("GET", f"/api/v1/functions/{name}/logs", params=params).json()["records"]
+
+
+def pack_directory(directory: Path) -> bytes:
+    """The zip of a function's source directory (``lamina.yaml`` is configuration, not code)."""
+    buffer = io.BytesIO()
+    bundles.pack(directory, buffer, exclude=(".git", "__pycache__", ".lamina", ".venv", "lamina.yaml"))
+    return buffer.getvalue()
+
+
+def _error(response: httpx.Response) -> LaminaError:
+    try:
+        body = response.json()["error"]
+        return BY_CODE.get(body.get("code", ""), LaminaError)(body.get("message", response.text))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return LaminaError(f"HTTP {response.status_code}: {response.text[:200]}")

@@ -1,0 +1,50 @@
+import pytest
+
+from lamina.core.errors import InvalidSpec
+from lamina.core.functions import FunctionSpec, validate_name, validate_spec
+
+DIGEST = "a" * 64
+
+
+def spec(**changes):
+    return FunctionSpec(**{"name": "hello", "code_sha256": DIGEST, **changes})
+
+
+@pytest.mark.parametrize("name", ["a", "hello-world_2", "X" * 64])
+def test_valid_names(name):
+    assert validate_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "x" * 65, "has space", "dot.name", "slash/name", "ünïcode", "../etc"])
+def test_invalid_names_are_refused_with_the_name(name):
+    with pytest.raises(InvalidSpec, match="invalid function name"):
+        validate_name(name)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"runtime": "cobol85"}, "unknown runtime 'cobol85'"),
+        ({"handler": "nodot"}, "invalid handler 'nodot'"),
+        ({"handler": "app.handler()"}, "invalid handler"),
+        ({"handler": "../app.handler"}, "invalid handler"),
+        ({"memory_mb": 127}, "memory 127 MB is out of range 128..10240"),
+        ({"memory_mb": 10241}, "memory 10241 MB is out of range"),
+        ({"timeout_s": 0}, "timeout 0 s is out of range 1..900"),
+        ({"timeout_s": 901}, "timeout 901 s is out of range"),
+        ({"environment": {"BAD-KEY": "x"}}, "invalid environment variable name 'BAD-KEY'"),
+        ({"environment": {"AWS_LAMBDA_FUNCTION_NAME": "x"}}, "reserved"),
+        ({"environment": {"LAMINA_DATA_DIR": "x"}}, "reserved"),
+        ({"environment": {"BIG": "x" * 4094}}, "over the limit of 4096 bytes"),
+        ({"code_sha256": "nothex"}, "invalid code digest"),
+    ],
+)
+def test_each_bad_field_is_named(changes, message):
+    with pytest.raises(InvalidSpec, match=message.replace("(", r"\(").replace(")", r"\)")):
+        validate_spec(spec(**changes))
+
+
+def test_a_valid_spec_passes_and_code_may_come_later():
+    good = spec(handler="src/app.handler", memory_mb=10240, timeout_s=900, environment={"K": "v" * 4000})
+    assert validate_spec(good) is good
+    assert validate_spec(spec(code_sha256=""), require_code=False).name == "hello"
