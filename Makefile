@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test proto lint clean
+.PHONY: up test bench proto lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ up: $(STAMP)
 test: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/warm_and_cold.py
 
 proto: $(STAMP)
 	$(BIN)/python proto/generate.py lamina/rpc
