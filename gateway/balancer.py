@@ -16,13 +16,12 @@ import hashlib
 import logging
 import random
 
+from gateway.invokers import InvokerBusy, InvokerClients, InvokerUnreachable
 from lamina.controller_client import ControllerClient
 from lamina.core.errors import LaminaError, Unavailable
 from lamina.core.fleet import InvokerInfo
 from lamina.core.functions import TIMEOUT_S_MAX, Function
 from lamina.core.invocations import InvocationResult
-
-from gateway.invokers import InvokerBusy, InvokerClients, InvokerUnreachable
 
 log = logging.getLogger(__name__)
 

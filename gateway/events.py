@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from urllib.parse import parse_qsl
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 #: Headers the gateway computes itself; a function's values for them would corrupt framing.
+_TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9a-zA-Z]+$")
 _HOP_BY_HOP = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
 
 
@@ -141,6 +143,12 @@ class HttpResponse:
     body: bytes = b""
 
 
+def _header_name(name: object) -> str:
+    if not isinstance(name, str) or not _TOKEN_RE.match(name):
+        raise InvalidResponse(f"{name!r} is not a valid header name")
+    return name.lower()
+
+
 def _header_value(name: str, value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -175,10 +183,10 @@ def http_response(payload: bytes) -> HttpResponse:
     if not isinstance(single, dict) or not isinstance(multi, dict):
         raise InvalidResponse("headers and multiValueHeaders must be objects")
     for name, v in single.items():
-        if v is not None and name.lower() not in _HOP_BY_HOP:
+        if v is not None and _header_name(name) not in _HOP_BY_HOP:
             headers.append((name.lower(), _header_value(name, v)))
     for name, values in multi.items():
-        if name.lower() in _HOP_BY_HOP or values is None:
+        if values is None or _header_name(name) in _HOP_BY_HOP:
             continue
         for v in values if isinstance(values, list) else [values]:
             headers.append((name.lower(), _header_value(name, v)))

@@ -72,7 +72,10 @@ class FunctionCache:
 
     def _apply(self, change: FunctionChange, advance: bool = True) -> None:
         if change.type is ChangeType.RESET:
+            # The controller cannot replay from our revision (its database was replaced):
+            # start over from what it sends next.
             self._functions.clear()
+            self.revision = 0
         elif change.type is ChangeType.SYNCED:
             self.synced.set()
         elif change.type is ChangeType.PUT and change.function is not None:

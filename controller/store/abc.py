@@ -120,3 +120,16 @@ class LogStore(Protocol):
         """The newest ``limit`` records of ``function`` with an id above ``after_id``
         (optionally of one request), in ascending id order. ``limit`` 0 means 200, more than
         1000 means 1000."""
+
+
+class Store(Protocol):
+    """Every role on one database, opened and closed as one."""
+
+    functions: FunctionStore
+    blobs: BlobIndex
+    keys: KeyStore
+    invokers: InvokerRegistry
+    logs: LogStore
+
+    def close(self) -> None:
+        """Release the database's connections. Idempotent."""

@@ -12,6 +12,7 @@ and lock timeouts of either backend become :class:`~lamina.core.errors.Unavailab
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -34,6 +35,11 @@ def normalize_url(url: str) -> sa.URL:
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password masked, for logs."""
+    return normalize_url(url).render_as_string(hide_password=True)
 
 
 def create_engine(url: str) -> Engine:
@@ -68,29 +74,60 @@ def _sqlite_begin(conn: Connection) -> None:
 
 
 class Database:
-    """An engine plus read and write transactions that translate driver failures."""
+    """An engine plus read and write transactions that translate driver failures.
+
+    ``close`` waits for transactions still running: the servicer's threads outlive a
+    cancelled RPC, and a connection returned to an already disposed pool would leak.
+    """
 
     def __init__(self, url: str) -> None:
         self.engine = create_engine(url)
         self.dialect = self.engine.dialect.name
+        self._idle = threading.Condition()
+        self._active = 0
+        self._closed = False
 
-    def close(self) -> None:
-        """Close every pooled connection. Idempotent."""
+    def close(self, timeout: float = 10.0) -> None:
+        """Refuse new transactions, wait up to ``timeout`` s for running ones, close every
+        connection. Idempotent."""
+        with self._idle:
+            self._closed = True
+            self._idle.wait_for(lambda: self._active == 0, timeout)
         self.engine.dispose()
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
         """A transaction for reads (a consistent snapshot on SQLite, per statement on PostgreSQL)."""
-        with _translated(), self.engine.connect() as conn, conn.begin():
+        with self._tracked(), _translated(), self.engine.connect() as conn, conn.begin():
             yield conn
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """A transaction that holds SQLite's write lock from its start; commits on success."""
-        with _translated(), self.engine.connect() as conn:
-            conn.execution_options(**{_BEGIN_MODE: "IMMEDIATE"})
-            with conn.begin():
-                yield conn
+        with self._tracked(), _translated(), begin_write(self.engine) as conn:
+            yield conn
+
+    @contextmanager
+    def _tracked(self) -> Iterator[None]:
+        with self._idle:
+            if self._closed:
+                raise Unavailable("the store is closed: the controller is shutting down")
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._active -= 1
+                self._idle.notify_all()
+
+
+@contextmanager
+def begin_write(engine: Engine) -> Iterator[Connection]:
+    """A transaction on ``engine`` that takes SQLite's write lock at BEGIN (a plain one elsewhere)."""
+    with engine.connect() as conn:
+        conn.execution_options(**{_BEGIN_MODE: "IMMEDIATE"})
+        with conn.begin():
+            yield conn
 
 
 def next_revision(conn: Connection) -> int:

@@ -98,9 +98,12 @@ class SQLFunctionStore:
             return int(conn.execute(sa.select(sa.func.count()).where(F.deleted.is_(False))).scalar_one())
 
     def record_blob(self, sha256: str, size: int) -> None:
-        with self._db.write() as conn:
-            if conn.execute(sa.select(code_blobs.c.size).where(code_blobs.c.sha256 == sha256)).first() is None:
-                conn.execute(sa.insert(code_blobs).values(sha256=sha256, size=size, created_at=time.time()))
+        try:
+            with self._db.write() as conn:
+                if conn.execute(sa.select(code_blobs.c.size).where(code_blobs.c.sha256 == sha256)).first() is None:
+                    conn.execute(sa.insert(code_blobs).values(sha256=sha256, size=size, created_at=time.time()))
+        except sa.exc.IntegrityError:
+            pass  # the same content was recorded by a concurrent upload: that is the goal
 
 
 def _conditional_update(conn: Connection, name: str, expected_revision: int, values: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from invoker.sandboxes.rlimit import limit_process
+from invoker.sandboxes.rlimit import limit_process, peak_rss_bytes
 
 log = logging.getLogger(__name__)
 
@@ -147,11 +147,16 @@ class CgroupSlot:
         self.memory_mb = memory_mb
         self.directory = directory
         self._v = hierarchy.version
+        self._pid = 0
         limit = memory_mb * 1024 * 1024
         directory.mkdir()
         try:
             if self._v == 1:
                 (directory / "memory.limit_in_bytes").write_text(str(limit))
+                try:  # charge what the runtime allocated before attach to the worker, too
+                    (directory / "memory.move_charge_at_immigrate").write_text("3")
+                except OSError:
+                    pass
                 try:  # memory+swap equal to memory: the limit cannot be dodged by swapping
                     (directory / "memory.memsw.limit_in_bytes").write_text(str(limit))
                 except OSError:
@@ -167,6 +172,7 @@ class CgroupSlot:
             raise
 
     def attach(self, pid: int) -> None:
+        self._pid = pid
         limit_process(pid)
         (self.directory / "cgroup.procs").write_text(str(pid))
 
@@ -178,9 +184,11 @@ class CgroupSlot:
     def max_memory_bytes(self) -> int:
         name = "memory.max_usage_in_bytes" if self._v == 1 else "memory.peak"
         try:
-            return int((self.directory / name).read_text())
+            peak = int((self.directory / name).read_text())
         except (OSError, ValueError):
-            return 0
+            peak = 0
+        # The runtime's own peak covers kernels where the cgroup's is missing (v2 < 5.19).
+        return max(peak, peak_rss_bytes(self._pid) if self._pid else 0)
 
     def kill(self) -> None:
         _kill_all(self.directory)
@@ -197,7 +205,7 @@ class CgroupSandbox:
         self.parent = parent
 
     @classmethod
-    def create(cls, scope: str) -> "CgroupSandbox":
+    def create(cls, scope: str) -> CgroupSandbox:
         """Find the hierarchy and create the parent cgroup (clearing one a crashed invoker
         with the same scope left behind); raise ``OSError`` when that is not possible."""
         hierarchy = find_hierarchy()

@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ class Stack:
     port: int
     process: subprocess.Popen[str] | None = None
     output: list[str] = field(default_factory=list)
+    _drainer: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -56,9 +58,8 @@ class Stack:
             if "Lamina is up" in line:
                 self.output.extend(printed)
                 # Keep draining so the stack never blocks on a full pipe.
-                import threading
-
-                threading.Thread(target=self._drain, daemon=True).start()
+                self._drainer = threading.Thread(target=self._drain, daemon=True)
+                self._drainer.start()
                 return "".join(printed)
         self.stop()
         raise AssertionError("lamina up did not come up:\n" + "".join(printed))
@@ -69,14 +70,21 @@ class Stack:
             self.output.append(line)
 
     def stop(self) -> int:
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else 0
-        self.process.send_signal(signal.SIGINT)
-        try:
-            return self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            return self.process.wait()
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        if self._drainer is not None:
+            self._drainer.join(10)
+            self._drainer = None
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        return self.process.returncode
 
     def cli(self, *args: str, check: bool = True, payload_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         env = {**self.env, "LAMINA_URL": self.url, "LAMINA_API_KEY": self.key, "COLUMNS": "200", **(payload_env or {})}

@@ -1,0 +1,113 @@
+"""The controller process: migrate, make sure an admin key exists, serve gRPC.
+
+``ControllerServer`` is what the CLI (``lamina controller``, ``lamina up``) and the tests
+start; ``serve`` runs one until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc.aio
+
+from controller import keys, migrate
+from controller.blobs import FileBlobStore
+from controller.metrics import ControllerMetrics
+from controller.service import ControllerServicer
+from controller.store import SQLStore
+from controller.store.database import redacted
+from lamina import wire
+from lamina.core.errors import Unavailable
+from lamina.core.settings import ControllerSettings, database_url
+from lamina.rpc import controller_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+# gRPC binds with SO_REUSEPORT by default: a second controller on the same port would start
+# "fine" and silently take half the traffic. One controller per address, or a clear error.
+_SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
+
+
+class ControllerServer:
+    """One controller: its store, blobs and gRPC server. ``start`` once, ``stop`` once."""
+
+    def __init__(self, settings: ControllerSettings) -> None:
+        self.settings = settings
+        #: The bound TCP port, known after ``start`` (useful with a listen port of 0).
+        self.port = 0
+        self.metrics = ControllerMetrics()
+        self._store: SQLStore | None = None
+        self._servicer: ControllerServicer | None = None
+        self._server: grpc.aio.Server | None = None
+
+    @property
+    def address(self) -> str:
+        """host:port to dial, once started."""
+        return f"{self.settings.controller_listen.rsplit(':', 1)[0]}:{self.port}"
+
+    async def start(self) -> None:
+        """Migrate (if ``settings.migrate``), ensure the admin key, bind and serve.
+
+        Raises ``Unavailable`` if the database is unreachable or the address cannot be bound."""
+        settings = self.settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        url = database_url(settings)
+        if settings.migrate:
+            await asyncio.to_thread(migrate.upgrade, url)
+        self._store = SQLStore(url, heartbeat_interval_s=settings.heartbeat_interval_s)
+        try:
+            await asyncio.to_thread(keys.ensure_admin_key, self._store.keys, settings.data_dir, settings.admin_key)
+            blobs = FileBlobStore(settings.data_dir / "blobs")
+            self._servicer = ControllerServicer(
+                self._store, blobs, self.metrics, heartbeat_interval_s=settings.heartbeat_interval_s
+            )
+            self._server = grpc.aio.server(options=[*wire.SERVER_OPTIONS, *_SERVER_OPTIONS])
+            pb_grpc.add_ControllerServicer_to_server(self._servicer, self._server)
+            self.port = self._bind(self._server, settings.controller_listen)
+            await self._server.start()
+        except BaseException:
+            await self.stop(grace=0)
+            raise
+        log.info("controller listening on %s (database: %s)", self.address, redacted(url))
+
+    @staticmethod
+    def _bind(server: grpc.aio.Server, listen: str) -> int:
+        try:
+            port = server.add_insecure_port(listen)
+        except RuntimeError as exc:
+            raise Unavailable(f"cannot listen on {listen}: {exc}") from exc
+        if port == 0:
+            raise Unavailable(f"cannot listen on {listen}: the address is in use or invalid")
+        return port
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Stop serving: end watch streams, let other calls finish for ``grace`` seconds,
+        then close the database. Idempotent."""
+        if self._servicer is not None:
+            self._servicer.close()
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+        if self._store is not None:
+            await asyncio.to_thread(self._store.close)
+            self._store = None
+        log.info("controller stopped")
+
+
+async def serve(settings: ControllerSettings) -> None:
+    """Run a controller until SIGTERM or SIGINT, then stop it gracefully."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # Installed before starting, so a signal during start-up still ends in a clean stop.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    server = ControllerServer(settings)
+    try:
+        await server.start()
+        await stopping.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await server.stop()

@@ -1,0 +1,141 @@
+"""The gateway's Prometheus metrics, and the federation of the whole stack's on one page.
+
+Each app owns its registry (never the global default), so several gateways can live in one
+process (tests, `lamina up`) without their counters mixing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger(__name__)
+
+#: Invocation durations span cold starts of a few seconds and timeouts up to 900 s.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+
+
+class GatewayMetrics:
+    """The gateway's own metrics, in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "lamina_gateway_requests", "HTTP requests answered by the gateway, by route template, method and status.",
+            ["route", "method", "code"], registry=self.registry,
+        )
+        self.invocations = Counter(
+            "lamina_gateway_invocations",
+            "Synchronous invocations by function and outcome (success, function_error, crashed, out_of_memory, "
+            "timeout, or unavailable when no invoker ran it).",
+            ["function", "outcome"], registry=self.registry,
+        )
+        self.duration = Histogram(
+            "lamina_gateway_invocation_duration_seconds",
+            "Time from the gateway sending an invocation to an invoker until its result, in seconds.",
+            ["function"], buckets=DURATION_BUCKETS, registry=self.registry,
+        )
+
+    def text(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class RequestMetricsMiddleware:
+    """Count every HTTP response by route template (not raw path: bounded cardinality).
+
+    ``templates`` maps ``id()`` of a route (what FastAPI leaves in ``scope["route"]``, without
+    its router's prefix) or of an endpoint (all a plain Starlette route leaves) to the
+    template to report."""
+
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics, templates: dict[int, str] | None = None) -> None:
+        self.app = app
+        self.requests = metrics.requests
+        self.templates = templates or {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            key = scope.get("route") or scope.get("endpoint")
+            template = self.templates.get(id(key), "unmatched") if key is not None else "unmatched"
+            self.requests.labels(template, scope["method"], str(status)).inc()
+
+
+class _Families:
+    """A collector yielding prepared families (to render them with generate_latest)."""
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = list(families)
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
+
+
+def merge(own: Iterable[Metric], others: list[tuple[str, dict[str, str]]]) -> bytes:
+    """One valid exposition of ``own`` families plus each (text, extra labels) of ``others``.
+
+    Families of the same name from several sources (e.g. every invoker exports
+    ``lamina_invoker_invocations_total``) become one family with all the samples, each
+    source's samples carrying its extra labels; a family whose type contradicts an earlier
+    one of the same name is dropped (it would make the page invalid).
+    """
+    families: dict[str, Metric] = {}
+    for family in own:
+        families[family.name] = family
+    for text, extra in others:
+        try:
+            parsed = list(text_string_to_metric_families(text))
+        except ValueError as exc:
+            log.warning("skipping unparseable metrics (%s): %s", extra, exc)
+            continue
+        for family in parsed:
+            samples = [s._replace(labels={**s.labels, **extra}) for s in family.samples] if extra else family.samples
+            existing = families.get(family.name)
+            if existing is None:
+                family.samples = list(samples)
+                families[family.name] = family
+            elif existing.type == family.type:
+                existing.samples = [*existing.samples, *samples]
+            else:
+                log.warning("dropping metric family %s: type %s conflicts with %s", family.name, family.type,
+                            existing.type)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(families.values()))  # type: ignore[arg-type]
+    return generate_latest(registry)
+
+
+async def federated_text(
+    metrics: GatewayMetrics, sources: list[tuple[Awaitable[str], dict[str, str]]],
+    timeout: float = 1.0,
+) -> bytes:
+    """The gateway's metrics followed by those of ``sources`` (awaitables of exposition
+    text, with the labels to add to their samples); a source failing or slower than
+    ``timeout`` seconds is skipped."""
+
+    async def fetch(source: Awaitable[str]) -> str | None:
+        try:
+            return await asyncio.wait_for(source, timeout)
+        except Exception as exc:  # noqa: BLE001 - one unreachable component must not hide the rest
+            log.info("metrics source skipped: %s", exc)
+            return None
+
+    texts = await asyncio.gather(*(fetch(src) for src, _ in sources))
+    others = [(text, labels) for text, (_, labels) in zip(texts, sources, strict=True) if text is not None]
+    return merge(metrics.registry.collect(), others)

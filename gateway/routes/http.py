@@ -1,0 +1,84 @@
+"""A function's public HTTP endpoint: ``/function/<name>`` and everything below it.
+
+This is the function's URL, like a Lambda function URL with auth type NONE: **no API key is
+required**, anyone who can reach the gateway can call it, and the function decides what to
+allow. The request becomes an API Gateway HTTP API event (payload format 2.0) and the return
+value becomes the response by API Gateway's rules (``gateway.events``).
+
+It is the hot path, so it is a plain Starlette route (no FastAPI dependency resolution, no
+OpenAPI entry), resolves the function from the gateway's cache and never calls the
+controller for a known function.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway import events, responses
+from gateway.routes.invoke import read_body, resolve, run
+from lamina.core.errors import LaminaError
+from lamina.core.invocations import InvocationResult, Outcome
+
+#: The route label of every function URL in the request metrics.
+TEMPLATE = "/function/{name}"
+METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+async def function_url(request: Request) -> Response:
+    """Invoke the function with the request as an API Gateway 2.0 event."""
+    request_id = str(uuid.uuid4())
+    state = request.app.state
+    name = request.path_params["name"]
+    try:
+        fn = await resolve(request, name)
+        body = await read_body(request, state.settings.max_sync_payload_bytes)
+        client = request.client
+        event = events.http_event(
+            events.HttpRequest(
+                method=request.method,
+                path="/" + request.path_params.get("path", ""),
+                query_string=request.scope["query_string"].decode("latin-1"),
+                headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]],
+                body=body,
+                source_ip=client.host if client else "",
+                protocol=f"HTTP/{request.scope.get('http_version', '1.1')}",
+                api_id=name,
+                request_id=request_id,
+                received_at=time.time(),
+            )
+        )
+        payload = json.dumps(event, separators=(",", ":")).encode()
+        result = await run(state.balancer, state.metrics, fn, request_id, payload)
+    except LaminaError as exc:
+        return responses.error_response(exc, {responses.REQUEST_ID: request_id})
+
+    if not result.ok:
+        return responses.failed_http_response(result, request_id)
+    try:
+        reply = events.http_response(result.payload)
+    except events.InvalidResponse as exc:
+        invalid = InvocationResult(
+            outcome=Outcome.FUNCTION_ERROR, error_type="Lamina.InvalidResponse", error_message=str(exc),
+            duration_ms=result.duration_ms, cold_start=result.cold_start,
+        )
+        return responses.failed_http_response(invalid, request_id)
+    response = Response(reply.body, reply.status)
+    raw = response.raw_headers
+    # Raw pairs, so that several Set-Cookie (or any repeated header) stay separate lines.
+    for key, value in reply.headers:
+        raw.append((responses.header_bytes(key), responses.header_bytes(value)))
+    for key, value in responses.invocation_headers(result, request_id).items():
+        raw.append((key.lower().encode("latin-1"), value.encode("latin-1")))
+    return response
+
+
+routes = [
+    Route("/function/{name}", function_url, methods=METHODS, include_in_schema=False),
+    Route("/function/{name}/{path:path}", function_url, methods=METHODS, include_in_schema=False),
+]

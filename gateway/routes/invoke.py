@@ -1,0 +1,88 @@
+"""Direct (synchronous) invocation: the request body is the event, the response the result.
+
+The function is resolved from the gateway's cache (no controller round trip on the hot
+path) and run by the balancer's choice of invoker.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from gateway import responses
+from gateway.balancer import Balancer
+from gateway.metrics import GatewayMetrics
+from gateway.schemas import ERRORS
+from lamina.core.errors import InvalidSpec, LaminaError, LimitExceeded
+from lamina.core.functions import Function
+from lamina.core.invocations import InvocationResult
+
+router = APIRouter(tags=["invocations"])
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with ``LimitExceeded`` (413) past ``limit`` bytes: up front
+    from Content-Length, and while reading a chunked body."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise LimitExceeded(f"request body of {int(length)} bytes is over the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise LimitExceeded(f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def resolve(request: Request, name: str) -> Function:
+    cache = request.app.state.cache
+    return cache.get(name) or await cache.resolve(name)
+
+
+async def run(
+    balancer: Balancer, metrics: GatewayMetrics, fn: Function, request_id: str, payload: bytes
+) -> InvocationResult:
+    """Invoke once, recording the outcome and duration."""
+    started = time.perf_counter()
+    try:
+        result = await balancer.invoke(fn, request_id, payload)
+    except LaminaError:
+        metrics.invocations.labels(fn.name, "unavailable").inc()
+        raise
+    metrics.invocations.labels(fn.name, result.outcome.value).inc()
+    metrics.duration.labels(fn.name).observe(time.perf_counter() - started)
+    return result
+
+
+@router.post(
+    "/functions/{name}/invoke", summary="Invoke a function synchronously",
+    responses={
+        200: {"description": "The function's JSON result.", "content": {"application/json": {}}},
+        502: {"description": "The function failed: {errorType, errorMessage, stackTrace}; the error type is in "
+              "the X-Lamina-Function-Error header."},
+        504: {"description": "The function timed out."},
+        **ERRORS,
+    },
+    openapi_extra={"requestBody": {"description": "The event, any JSON value (empty means {}).",
+                                   "content": {"application/json": {"schema": {}}}}},
+)
+async def invoke(name: str, request: Request) -> Response:
+    request_id = str(uuid.uuid4())
+    state = request.app.state
+    try:
+        payload = await read_body(request, state.settings.max_sync_payload_bytes) or b"{}"
+        try:
+            json.loads(payload)
+        except ValueError as exc:
+            raise InvalidSpec(f"the request body must be the JSON event: {exc}") from exc
+        fn = await resolve(request, name)
+        result = await run(state.balancer, state.metrics, fn, request_id, payload)
+    except LaminaError as exc:
+        return responses.error_response(exc, {responses.REQUEST_ID: request_id})
+    return responses.direct_response(result, request_id)

@@ -1,0 +1,162 @@
+"""The JSON shapes of the management API: functions out, specs in, errors.
+
+The pydantic models document the API in /openapi.json; responses are built as plain dicts
+(cheaper, and exact about which keys appear: a listed function carries ``environment_keys``,
+never the environment's values).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, Field
+
+from lamina.core.errors import InvalidSpec
+from lamina.core.functions import Function as FunctionState
+from lamina.core.functions import FunctionSpec, validate_spec
+from lamina.core.logs import LogRecord
+
+#: Keys a spec may carry; anything else is refused by name (a typo must not pass silently).
+SPEC_FIELDS: dict[str, type] = {
+    "name": str, "runtime": str, "handler": str, "memory_mb": int, "timeout_s": int,
+    "environment": dict, "description": str,
+}
+
+
+def iso_time(unix: float) -> str:
+    """ISO-8601 UTC with milliseconds, e.g. "2024-05-01T12:00:00.123Z"."""
+    return datetime.fromtimestamp(unix, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def function_json(fn: FunctionState, *, with_environment: bool = True) -> dict[str, object]:
+    """F: a function as the API shows it; lists pass ``with_environment=False``."""
+    spec = fn.spec
+    body: dict[str, object] = {
+        "name": spec.name, "runtime": spec.runtime, "handler": spec.handler,
+        "memory_mb": spec.memory_mb, "timeout_s": spec.timeout_s,
+    }
+    if with_environment:
+        body["environment"] = dict(spec.environment)
+    else:
+        body["environment_keys"] = sorted(spec.environment)
+    body.update(
+        description=spec.description, code_sha256=spec.code_sha256, code_size=fn.code_size,
+        revision=fn.revision, created_at=iso_time(fn.created_at), updated_at=iso_time(fn.updated_at),
+    )
+    return body
+
+
+def log_json(record: LogRecord) -> dict[str, object]:
+    return {
+        "id": record.id, "timestamp": record.timestamp, "request_id": record.request_id,
+        "stream": record.stream, "message": record.message,
+    }
+
+
+def parse_spec(text: str, *, name: str | None = None, code_sha256: str = "") -> FunctionSpec:
+    """The spec in the JSON ``text`` of a deploy form, validated (except the code digest
+    when ``code_sha256`` is empty). ``name``, when given (PUT), is the name from the URL:
+    the spec's own name may be omitted and must match it when present."""
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise InvalidSpec(f"field 'spec' is not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise InvalidSpec(f"field 'spec' must be a JSON object, not {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(SPEC_FIELDS))
+    if unknown:
+        raise InvalidSpec(f"unknown spec field(s): {', '.join(unknown)}; expected some of {', '.join(SPEC_FIELDS)}")
+    for key, value in raw.items():
+        kind = SPEC_FIELDS[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            expected = {str: "a string", int: "an integer", dict: "an object"}[kind]
+            raise InvalidSpec(f"spec field {key!r} must be {expected}, got {json.dumps(value)}")
+    if name is not None:
+        if raw.setdefault("name", name) != name:
+            raise InvalidSpec(f"spec name {raw['name']!r} does not match the URL's function name {name!r}")
+    elif "name" not in raw:
+        raise InvalidSpec("spec field 'name' is required")
+    spec = FunctionSpec(**raw, code_sha256=code_sha256)
+    return validate_spec(spec, require_code=bool(code_sha256))
+
+
+# Documentation models (/openapi.json).
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="A stable error code: InvalidSpec, Unauthenticated, NotFound, Conflict, ...")
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class FunctionOut(BaseModel):
+    name: str
+    runtime: str
+    handler: str
+    memory_mb: int
+    timeout_s: int
+    environment: dict[str, str] = Field(description="Present on single-function responses.")
+    description: str
+    code_sha256: str
+    code_size: int = Field(description="Size of the code bundle (zip) in bytes.")
+    revision: int = Field(description="Revision of the last change; send it back in If-Match.")
+    created_at: str = Field(description="ISO-8601 UTC.")
+    updated_at: str = Field(description="ISO-8601 UTC.")
+
+
+class FunctionSummary(BaseModel):
+    name: str
+    runtime: str
+    handler: str
+    memory_mb: int
+    timeout_s: int
+    environment_keys: list[str] = Field(description="Names of the environment variables; values are omitted.")
+    description: str
+    code_sha256: str
+    code_size: int
+    revision: int
+    created_at: str
+    updated_at: str
+
+
+class FunctionList(BaseModel):
+    functions: list[FunctionSummary]
+    next_page_token: str = Field(description="Pass as page_token for the next page; empty on the last page.")
+
+
+class LogRecordOut(BaseModel):
+    id: int = Field(description="Ascending; pass the last one seen as after_id to tail.")
+    timestamp: float = Field(description="Unix seconds when the line was captured.")
+    request_id: str
+    stream: str
+    message: str
+
+
+class LogRecords(BaseModel):
+    records: list[LogRecordOut]
+
+
+ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 409, 413, 503)}
+
+DEPLOY_FORM = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "spec": {"type": "string", "description": "JSON object: name, runtime, handler, memory_mb, "
+                                 "timeout_s, environment, description."},
+                        "code": {"type": "string", "format": "binary", "description": "The code bundle (zip)."},
+                    },
+                    "required": ["spec"],
+                }
+            }
+        },
+    }
+}

@@ -1,0 +1,136 @@
+"""The gateway process: the HTTP server plus the background tasks that keep it current.
+
+``GatewayServer`` owns the lifecycles: the controller channel, the function cache following
+the watch stream, the balancer refreshing the invoker set, the invoker channels and uvicorn.
+It binds its own socket, so port 0 works and a port in use is an ``OSError`` raised by
+``start()`` (uvicorn would ``sys.exit`` instead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+
+import uvicorn
+
+from gateway.app import create_app
+from gateway.balancer import Balancer
+from gateway.invokers import InvokerClients
+from gateway.metrics import GatewayMetrics
+from lamina.controller_client import ControllerClient
+from lamina.core.settings import GatewaySettings
+from lamina.function_cache import FunctionCache
+
+log = logging.getLogger(__name__)
+
+#: Seconds in-flight requests get to finish on stop before they are cancelled.
+SHUTDOWN_GRACE_S = 10.0
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto=IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says
+    # TCP, and accepted sockets inherit it from this one. socket.create_server leaves proto 0,
+    # which costs every response a 40 ms delayed-ACK stall.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except BaseException:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+class GatewayServer:
+    """One gateway: ``await start()``, serve on ``.port``, ``await stop()``."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.port = 0
+        self.controller: ControllerClient | None = None
+        self.cache: FunctionCache | None = None
+        self.balancer: Balancer | None = None
+        self.invokers: InvokerClients | None = None
+        self.metrics = GatewayMetrics()
+        self._server: uvicorn.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Bind, start the background tasks and begin serving; return once accepting.
+
+        The controller need not be up: /readyz says 503 until functions and an invoker are known.
+        """
+        s = self.settings
+        sock = _bind(s.host, s.port)
+        self.controller = ControllerClient(s.controller_url)
+        self.cache = FunctionCache(self.controller)
+        self.invokers = InvokerClients()
+        self.balancer = Balancer(self.controller, self.invokers, invoke_grace_s=s.invoke_grace_s)
+        app = create_app(
+            s, controller=self.controller, cache=self.cache, balancer=self.balancer, invokers=self.invokers,
+            metrics=self.metrics,
+        )
+        config = uvicorn.Config(
+            app, lifespan="off", access_log=False, log_config=None, server_header=False,
+            timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+        )
+        config.load()
+        server = uvicorn.Server(config)
+        server.lifespan = config.lifespan_class(config)
+        self._tasks = [
+            asyncio.create_task(self.cache.run(), name="gateway-function-cache"),
+            asyncio.create_task(self.balancer.run(), name="gateway-balancer"),
+        ]
+        try:
+            await server.startup(sockets=[sock])
+        except BaseException:
+            sock.close()
+            await self._stop_background()
+            raise
+        self._server = server
+        self.port = server.servers[0].sockets[0].getsockname()[1]
+        # uvicorn's main loop refreshes the Date header every second and watches should_exit.
+        self._tasks.append(asyncio.create_task(server.main_loop(), name="gateway-uvicorn"))
+        log.info("gateway listening on http://%s:%d", s.host, self.port)
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish (bounded), then stop everything."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.should_exit = True
+            await server.shutdown()
+        await self._stop_background()
+
+    async def _stop_background(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self.invokers is not None:
+            await self.invokers.close()
+        if self.controller is not None:
+            await self.controller.close()
+
+
+async def serve(settings: GatewaySettings) -> None:
+    """Run a gateway until SIGTERM or SIGINT."""
+    gateway = GatewayServer(settings)
+    await gateway.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await gateway.stop()

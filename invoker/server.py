@@ -1,0 +1,173 @@
+"""The invoker process: its gRPC server and the background tasks that keep it in the fleet.
+
+:class:`InvokerServer` wires the parts together (sandbox, pool, code cache, function cache,
+log shipper, metrics) from one ``InvokerSettings``; :func:`serve` runs it until SIGTERM or
+SIGINT. The controller may be away at start or later: registration, the function watch and
+log shipping retry with backoff, and warm traffic keeps flowing meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import socket
+
+import grpc
+import grpc.aio
+
+from invoker.codecache import CodeCache
+from invoker.logship import LogShipper
+from invoker.metrics import InvokerMetrics
+from invoker.pool import WorkerPool
+from invoker.runtimes import Interpreters
+from invoker.sandboxes import Sandbox, probe
+from invoker.service import InvokerServicer
+from lamina import wire
+from lamina.controller_client import ControllerClient
+from lamina.core.errors import LaminaError, Unavailable
+from lamina.core.settings import InvokerSettings
+from lamina.function_cache import FunctionCache
+from lamina.rpc import invoker_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+#: Seconds between heartbeats when the controller does not say.
+DEFAULT_HEARTBEAT_S = 2.0
+#: Seconds `serve` lets in-flight invocations finish at shutdown (Kubernetes' default
+#: termination grace is 30 s).
+SHUTDOWN_GRACE_S = 25.0
+
+
+def _advertised(listen: str, port: int) -> str:
+    host = listen.rsplit(":", 1)[0]
+    if host in ("", "0.0.0.0", "[::]", "::"):
+        host = socket.gethostname()
+    return f"{host}:{port}"
+
+
+class InvokerServer:
+    """One invoker: ``await start()``, then ``.port`` and ``.address``; ``await stop()``."""
+
+    def __init__(self, settings: InvokerSettings) -> None:
+        self.settings = settings
+        self.invoker_id = settings.invoker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.port = 0
+        self.address = ""
+        self.metrics = InvokerMetrics()
+        #: Set whenever the controller knows this invoker (cleared while re-registering).
+        self.registered = asyncio.Event()
+        self.sandbox: Sandbox | None = None
+        self.pool: WorkerPool | None = None
+        self.functions: FunctionCache | None = None
+        self._client: ControllerClient | None = None
+        self._shipper: LogShipper | None = None
+        self._server: grpc.aio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Probe the sandbox (raising if the configured tier is unavailable), bind, serve,
+        and start registering with the controller in the background."""
+        s = self.settings
+        self.sandbox = probe(s.isolation, scope=f"lamina-{self.invoker_id}")
+        try:
+            await self._start(s, self.sandbox)
+        except BaseException:
+            await self.stop(0)
+            raise
+
+    async def _start(self, s: InvokerSettings, sandbox: Sandbox) -> None:
+        layers = sandbox.layers()
+        self.metrics.isolation.labels(layers).set(1)
+        self._client = ControllerClient(s.controller_url)
+        self.functions = FunctionCache(self._client)
+        self._shipper = LogShipper(self._client, self.metrics)
+        self.pool = WorkerPool(sandbox, log_sink=self._shipper.submit, metrics=self.metrics,
+                               invoker_id=self.invoker_id, log_cap_bytes=s.log_cap_bytes,
+                               idle_timeout_s=s.idle_timeout_s, memory_capacity_mb=s.memory_capacity_mb)
+        self.functions.subscribe(self.pool.on_function_change)
+        code = CodeCache(s.data_dir.resolve() / "invoker-cache" / (s.invoker_id or "shared") / "code",
+                         self._client)
+        interpreters = await asyncio.to_thread(Interpreters, s.python)
+        servicer = InvokerServicer(self.invoker_id, layers, self.functions, code, self.pool, interpreters)
+        self._server = grpc.aio.server(options=wire.SERVER_OPTIONS)
+        pb_grpc.add_InvokerServicer_to_server(servicer, self._server)
+        try:
+            self.port = self._server.add_insecure_port(s.invoker_listen)
+        except RuntimeError as exc:
+            raise Unavailable(f"invoker cannot listen on {s.invoker_listen}: {exc}") from exc
+        if not self.port:
+            raise Unavailable(f"invoker cannot listen on {s.invoker_listen}")
+        self.address = s.invoker_advertise or _advertised(s.invoker_listen, self.port)
+        await self._server.start()
+        for job in (self.functions.run(), self._keep_registered(), self._shipper.run(), self.pool.run_reaper()):
+            self._tasks.append(asyncio.create_task(job))
+        log.info("invoker %s serving on %s (isolation: %s)", self.invoker_id, self.address, layers)
+
+    async def _keep_registered(self) -> None:
+        """Register, then heartbeat; register again when the controller forgot us; back off
+        (never give up) while it is unreachable."""
+        assert self._client is not None and self.pool is not None
+        interval: float | None = None
+        delay = 0.2
+        while True:
+            try:
+                if interval is None:
+                    interval = await self._client.register_invoker(
+                        self.invoker_id, self.address, self.settings.memory_capacity_mb) or DEFAULT_HEARTBEAT_S
+                    self.registered.set()
+                    log.info("registered with the controller at %s", self._client.address)
+                await asyncio.sleep(interval)
+                if not await self._client.heartbeat(self.invoker_id, self.pool.in_flight, self.pool.warm_workers):
+                    log.info("the controller forgot invoker %s; registering again", self.invoker_id)
+                    self.registered.clear()
+                    interval = None
+                delay = 0.2
+            except LaminaError as exc:
+                if delay == 0.2:
+                    log.warning("controller at %s unreachable (%s); retrying", self._client.address, exc)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 5.0)
+
+    async def stop(self, grace: float | None = 5.0) -> None:
+        """Stop serving (in-flight invocations get ``grace`` seconds), stop every worker,
+        ship the last logs, and remove the sandbox's cgroups. Idempotent."""
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self.pool is not None:
+            await self.pool.stop_all()
+        if self._shipper is not None:
+            await self._shipper.flush(timeout=1.0)
+            self._shipper = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+        if self.sandbox is not None:
+            self.sandbox.close()
+            self.sandbox = None
+
+
+async def serve(settings: InvokerSettings) -> None:
+    """Run an invoker until SIGTERM or SIGINT, then shut it down gracefully."""
+    server = InvokerServer(settings)
+    await server.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        await stopping.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await server.stop(SHUTDOWN_GRACE_S)

@@ -1,0 +1,404 @@
+"""One worker: a runtime process that imports a handler once and runs it once at a time.
+
+The worker owns its process, the socket it speaks frames on (see
+``runtimes/python/bootstrap.py``), the pipes its stdout/stderr go to, and its sandbox slot.
+:meth:`Worker.invoke` is the one place where whatever happened in the process becomes an
+:class:`InvocationResult`: a reply, or — when none came — a classification of why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import signal
+import socket
+import struct
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from invoker.logship import LogCapture
+from invoker.runtimes import PYTHON_BOOTSTRAP
+from invoker.sandboxes import Slot
+from lamina.core.functions import Function
+from lamina.core.invocations import InvocationResult, Outcome
+from lamina.core.logs import LogRecord
+
+LogSink = Callable[[LogRecord], None]
+
+REGION = "us-east-1"
+ACCOUNT = "000000000000"
+_FRAME = struct.Struct(">II")
+#: A reply larger than this is a protocol violation (the runtime caps results at 6 MB).
+MAX_REPLY_BYTES = 7 * 1024 * 1024
+#: A line longer than this is cut, so one newline-free stream cannot grow a buffer forever.
+MAX_LINE_BYTES = 64 * 1024
+#: How long a runtime that closed its socket may take to exit before it is killed.
+EXIT_GRACE_S = 2.0
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs to start: the function's configuration at one revision."""
+
+    function: str
+    revision: int
+    handler: str
+    memory_mb: int
+    timeout_s: float
+    code_dir: Path
+    interpreter: str
+    environment: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, fn: Function, code_dir: Path, interpreter: str) -> WorkerSpec:
+        s = fn.spec
+        return cls(s.name, fn.revision, s.handler, s.memory_mb, s.timeout_s, code_dir, interpreter,
+                   dict(s.environment))
+
+    @property
+    def arn(self) -> str:
+        return f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{self.function}"
+
+
+def worker_environment(spec: WorkerSpec, worker_id: str) -> dict[str, str]:
+    """The worker's whole environment: the function's variables plus Lambda's, never the
+    invoker's own (the function's keys cannot shadow these: the spec validation reserves them)."""
+    env = dict(spec.environment)
+    env.update({
+        "AWS_LAMBDA_FUNCTION_NAME": spec.function,
+        "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory_mb),
+        "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{spec.function}",
+        "AWS_LAMBDA_LOG_STREAM_NAME": f"{time.strftime('%Y/%m/%d', time.gmtime())}/[$LATEST]{worker_id}",
+        "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+        "AWS_REGION": REGION,
+        "AWS_DEFAULT_REGION": REGION,
+        "LAMBDA_TASK_ROOT": str(spec.code_dir),
+        "LAMBDA_RUNTIME_DIR": str(PYTHON_BOOTSTRAP.parent),
+        "_HANDLER": spec.handler,
+        "TZ": ":UTC",
+        "LANG": "C.UTF-8",
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+    })
+    return env
+
+
+class _NoReply(Exception):
+    """No valid reply: the deadline passed (``timeout``), the runtime closed the channel
+    (``closed``), or it sent something that is not a reply (``invalid``)."""
+
+    def __init__(self, kind: str, detail: str = "") -> None:
+        super().__init__(detail or kind)
+        self.kind = kind
+        self.detail = detail
+
+
+class Worker:
+    """A runtime process in a sandbox slot. Not safe for two concurrent invocations: the
+    pool hands a worker to one caller at a time."""
+
+    def __init__(self, spec: WorkerSpec, slot: Slot, *, log_sink: LogSink, log_cap_bytes: int,
+                 invoker_id: str = "", worker_id: str = "") -> None:
+        self.spec = spec
+        self.id = worker_id or uuid.uuid4().hex[:16]
+        self.slot = slot
+        self.invoker_id = invoker_id
+        #: False once the worker must not serve again (it failed, timed out or was stopped).
+        self.reusable = True
+        self.last_used = time.monotonic()
+        self.pid = 0
+        self._sink = log_sink
+        self._cap = log_cap_bytes
+        self._process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._pipes: dict[int, tuple[str, bytearray]] = {}
+        self._capture: LogCapture | None = None
+        self._request_id = ""
+        self._oom_before = 0
+        self._peak = 0
+        self._killed = False
+
+    @property
+    def started(self) -> bool:
+        return self._process is not None
+
+    # the invocation
+
+    async def invoke(self, request_id: str, payload: bytes) -> InvocationResult:
+        """Run one invocation, starting the process first if this is its cold start. Always
+        returns a result; a failed worker is left with ``reusable`` False (and is dead)."""
+        self._capture, self._request_id = LogCapture(self._cap), request_id
+        cold, init_ms = not self.started, 0.0
+        try:
+            if cold:
+                began = time.monotonic()
+                failure = await self._start()
+                init_ms = (time.monotonic() - began) * 1000
+                if failure is not None:
+                    return self._finish(failure, cold, init_ms, 0.0)
+            self._platform(f"START RequestId: {request_id} Version: $LATEST")
+            header = {"type": "invoke", "request_id": request_id, "invoked_function_arn": self.spec.arn,
+                      "deadline_ms": time.time() * 1000 + self.spec.timeout_s * 1000}
+            began = time.monotonic()
+            try:
+                reply, body = await self._exchange(header, payload)
+                result = self._from_reply(reply, body)
+            except _NoReply as no_reply:
+                result = await self._failure(no_reply, "call")
+            return self._finish(result, cold, init_ms, (time.monotonic() - began) * 1000)
+        except BaseException:
+            # Cancelled mid-call (the caller went away): the process state is unknown.
+            self.reusable = False
+            await asyncio.shield(self.stop())
+            raise
+        finally:
+            self._capture = None
+            self.last_used = time.monotonic()
+
+    def _finish(self, result: InvocationResult, cold: bool, init_ms: float, duration_ms: float) -> InvocationResult:
+        self._drain()
+        self._peak = max(self._peak, self.slot.max_memory_bytes())
+        result.cold_start, result.init_duration_ms, result.duration_ms = cold, init_ms, duration_ms
+        result.max_memory_used_mb = math.ceil(self._peak / (1024 * 1024))
+        result.invoker_id = self.invoker_id
+        rid = self._request_id
+        self._platform(f"END RequestId: {rid}")
+        report = (f"REPORT RequestId: {rid}\tDuration: {duration_ms:.2f} ms\tBilled Duration: "
+                  f"{math.ceil(duration_ms)} ms\tMemory Size: {self.spec.memory_mb} MB\t"
+                  f"Max Memory Used: {result.max_memory_used_mb} MB")
+        self._platform(report + (f"\tInit Duration: {init_ms:.2f} ms" if cold else ""))
+        assert self._capture is not None
+        result.logs = self._capture.text()
+        if result.outcome not in (Outcome.SUCCESS, Outcome.FUNCTION_ERROR):
+            self.reusable = False
+        return result
+
+    def _from_reply(self, reply: dict, body: bytes) -> InvocationResult:
+        kind = reply.get("type")
+        if kind == "result":
+            return InvocationResult(Outcome.SUCCESS, payload=body)
+        if kind in ("error", "init_error"):
+            if reply.get("oom"):
+                self.reusable = False
+                return self._oom()
+            return InvocationResult(Outcome.FUNCTION_ERROR, error_type=str(reply.get("errorType", "")),
+                                    error_message=str(reply.get("errorMessage", "")),
+                                    stack_trace=[str(s) for s in reply.get("stackTrace", [])])
+        raise _NoReply("invalid", f"unexpected {kind!r} frame")
+
+    def _oom(self) -> InvocationResult:
+        return InvocationResult(Outcome.OUT_OF_MEMORY, error_type="Runtime.OutOfMemory",
+                                error_message=f"Runtime exited with error: out of memory "
+                                              f"(memory limit {self.spec.memory_mb} MB exceeded)")
+
+    # the process
+
+    async def _start(self) -> InvocationResult | None:
+        """Spawn, confine, INIT. None when the handler is ready, else the failed result."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                self.spec.interpreter, "-I", "-S", "-u", str(PYTHON_BOOTSTRAP), str(theirs.fileno()),
+                cwd=self.spec.code_dir, env=worker_environment(self.spec, self.id), stdin=asyncio.subprocess.DEVNULL,
+                stdout=out_w, stderr=err_w, pass_fds=(theirs.fileno(),), start_new_session=True,
+            )
+        except OSError as exc:
+            ours.close()
+            for fd in (out_r, err_r):
+                os.close(fd)
+            self.reusable = False
+            return InvocationResult(Outcome.FUNCTION_ERROR, error_type="Runtime.Unavailable",
+                                    error_message=f"cannot start {self.spec.interpreter}: {exc}")
+        finally:
+            theirs.close()
+            for fd in (out_w, err_w):
+                os.close(fd)
+        self.pid = self._process.pid
+        loop = asyncio.get_running_loop()
+        for fd, stream in ((out_r, "stdout"), (err_r, "stderr")):
+            os.set_blocking(fd, False)
+            self._pipes[fd] = (stream, bytearray())
+            loop.add_reader(fd, self._read_pipe, fd)
+        self._reader, self._writer = await asyncio.open_unix_connection(sock=ours)
+        try:
+            # Confined before INIT, so the user's module is imported inside the limits.
+            self.slot.attach(self.pid)
+            self._oom_before = self.slot.oom_kills()
+        except OSError as exc:
+            await self._kill_and_wait()
+            return InvocationResult(Outcome.CRASHED, error_type="Runtime.SandboxError",
+                                    error_message=f"cannot confine the worker: {exc}")
+        try:
+            reply, body = await self._exchange({"type": "init", "handler": self.spec.handler})
+        except _NoReply as no_reply:
+            return await self._failure(no_reply, "init")
+        if reply.get("type") == "init_ok":
+            return None
+        result = self._from_reply(reply, body)
+        await self._kill_and_wait()
+        return result
+
+    async def _exchange(self, header: dict, body: bytes = b"") -> tuple[dict, bytes]:
+        assert self._reader is not None and self._writer is not None
+        raw = json.dumps(header).encode()
+        try:
+            async with asyncio.timeout(self.spec.timeout_s):
+                self._writer.write(_FRAME.pack(len(raw), len(body)) + raw + body)
+                await self._writer.drain()
+                header_len, body_len = _FRAME.unpack(await self._reader.readexactly(_FRAME.size))
+                if header_len > 1024 * 1024 or body_len > MAX_REPLY_BYTES:
+                    raise _NoReply("invalid", f"reply frame of {header_len}+{body_len} bytes")
+                reply = json.loads(await self._reader.readexactly(header_len))
+                return reply, await self._reader.readexactly(body_len) if body_len else b""
+        except TimeoutError as exc:
+            raise _NoReply("timeout") from exc
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            raise _NoReply("closed") from exc
+        except (ValueError, AttributeError) as exc:
+            raise _NoReply("invalid", f"malformed reply: {exc}") from exc
+
+    async def _failure(self, no_reply: _NoReply, phase: str) -> InvocationResult:
+        """Why no reply came, once the process is gone: OOM counter, our timeout, an exit."""
+        assert self._process is not None
+        self.reusable = False
+        self._peak = max(self._peak, self.slot.max_memory_bytes())
+        if no_reply.kind == "closed":
+            try:  # it closed the channel: let it finish exiting so its status is its own
+                await asyncio.wait_for(self._process.wait(), EXIT_GRACE_S)
+            except TimeoutError:
+                pass
+        await self._kill_and_wait()
+        if self.slot.oom_kills() > self._oom_before:
+            return self._oom()
+        timeout = self.spec.timeout_s
+        if no_reply.kind == "timeout":
+            message = (f"Task timed out during init after {timeout:.2f} seconds" if phase == "init"
+                       else f"Task timed out after {timeout:.2f} seconds")
+            return InvocationResult(Outcome.TIMEOUT, error_type="Sandbox.Timedout", error_message=message)
+        code = self._process.returncode
+        if code is not None and code < 0:
+            sig = -code
+            try:
+                name = signal.Signals(sig).name
+            except ValueError:
+                name = f"signal {sig}"
+            text = (signal.strsignal(sig) or name).lower()
+            return InvocationResult(Outcome.CRASHED, error_type="Runtime.ExitError",
+                                    error_message=f"Runtime exited with error: signal: {text} ({name})")
+        if no_reply.kind == "invalid":
+            return InvocationResult(Outcome.CRASHED, error_type="Runtime.InvalidReply",
+                                    error_message=f"Runtime sent an invalid reply: {no_reply.detail}")
+        return InvocationResult(Outcome.CRASHED, error_type="Runtime.ExitError",
+                                error_message=f"Runtime exited with error: exit status {code}")
+
+    async def _kill_and_wait(self) -> None:
+        """SIGKILL the whole process group (and the slot), then reap the runtime."""
+        self.reusable = False
+        if self._process is None:
+            return
+        if self._killed:
+            await self._process.wait()
+            return
+        self._killed = True
+        # Only once, and before the leader is reaped by us: a reaped pid may be reused, but
+        # not while it still names a process group with members.
+        for kill in (lambda: os.killpg(self.pid, signal.SIGKILL), self.slot.kill):
+            try:
+                kill()
+            except (ProcessLookupError, PermissionError):
+                pass
+        await self._process.wait()
+
+    async def stop(self) -> None:
+        """Kill the process and its group, release the pipes, socket and slot. Idempotent."""
+        self.reusable = False
+        if self._process is not None:
+            await self._kill_and_wait()
+            self._drain()
+        for fd in list(self._pipes):
+            self._close_pipe(fd)
+        if self._writer is not None:
+            self._writer.close()
+            try:
+                await self._writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass
+            self._writer = None
+        self.slot.destroy()
+
+    # logs
+
+    def _read_pipe(self, fd: int) -> None:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            self._feed(fd, data)
+        else:
+            self._close_pipe(fd)
+
+    def _drain(self) -> None:
+        """Read everything already in the pipes. The runtime flushes before it replies, so
+        after a reply this collects every line of the invocation, in order."""
+        for fd in list(self._pipes):
+            while fd in self._pipes:
+                try:
+                    data = os.read(fd, 65536)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    data = b""
+                if not data:
+                    self._close_pipe(fd)
+                else:
+                    self._feed(fd, data)
+            if fd in self._pipes:
+                self._flush_partial(fd)
+
+    def _feed(self, fd: int, data: bytes) -> None:
+        stream, pending = self._pipes[fd]
+        pending += data
+        *lines, rest = pending.split(b"\n")
+        for line in lines:
+            self._line(stream, line)
+        while len(rest) > MAX_LINE_BYTES:
+            self._line(stream, rest[:MAX_LINE_BYTES])
+            rest = rest[MAX_LINE_BYTES:]
+        pending[:] = rest
+
+    def _flush_partial(self, fd: int) -> None:
+        stream, pending = self._pipes[fd]
+        if pending:
+            self._line(stream, bytes(pending))
+            pending.clear()
+
+    def _close_pipe(self, fd: int) -> None:
+        self._flush_partial(fd)
+        asyncio.get_running_loop().remove_reader(fd)
+        del self._pipes[fd]
+        os.close(fd)
+
+    def _line(self, stream: str, raw: bytes) -> None:
+        text = raw.decode("utf-8", "replace").rstrip("\r")
+        shipped = text if self._capture is None else self._capture.add(text)
+        if shipped is not None:
+            self._ship(stream if shipped is text else "platform", shipped)
+
+    def _platform(self, text: str) -> None:
+        if self._capture is not None:
+            self._capture.lines.append(text)
+        self._ship("platform", text)
+
+    def _ship(self, stream: str, text: str) -> None:
+        self._sink(LogRecord(self.spec.function, self._request_id, time.time(), stream, text))
