@@ -201,7 +201,7 @@ def register(app: typer.Typer) -> None:
                 while True:
                     for record in client.logs(name, request_id=request_id or "", after_id=after, limit=limit):
                         after = max(after, record["id"])
-                        stamp = record["timestamp"]
+                        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record["timestamp"]))
                         line = record["message"].rstrip("\n")
                         sys.stdout.write(f"{stamp} {record['request_id']} {line}\n")
                     sys.stdout.flush()

@@ -7,13 +7,14 @@ import pytest
 from tests.e2e.conftest import Stack
 
 HANDLERS = '''
-import ctypes, os, sys, time
+import ctypes, json, os, sys, time
 
 def ok(event, context):
     return {"ok": True, "pid": os.getpid()}
 
 def boom(event, context):
-    raise ValueError("bad input: " + str(event.get("x")))
+    body = json.loads(event["body"]) if "body" in event else event  # HTTP event or direct
+    raise ValueError("bad input: " + str(body.get("x")))
 
 def leave(event, context):
     sys.exit(3)
