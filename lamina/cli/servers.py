@@ -22,6 +22,12 @@ def configure_logging(level: str, component: str) -> None:
         level=getattr(logging, level.upper(), logging.INFO),
         format=f"%(asctime)s {component:<10} %(levelname)-7s %(name)s: %(message)s",
     )
+    # One line per HTTP call of the supervisor's readiness polls is noise, not news.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # `_created` samples double every series for a timestamp no dashboard uses.
+    from prometheus_client import disable_created_metrics
+
+    disable_created_metrics()
 
 
 def _load(cls: type[cfg.T], **flags: object) -> cfg.T:
