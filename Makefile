@@ -16,6 +16,7 @@ up: $(STAMP)
 	$(BIN)/lamina up
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 

@@ -95,7 +95,7 @@ def main() -> None:
         }
 
         # Cold starts: each deploy makes a new revision, so its first call starts a worker.
-        cold, init = [], []
+        cold = []
         with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {cli_env['LAMINA_API_KEY']}"}) as api:
             from lamina.client import pack_directory
 

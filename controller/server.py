@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 
 import grpc.aio
 
@@ -21,6 +20,7 @@ from controller.store.database import redacted
 from lamina import wire
 from lamina.core.errors import Unavailable
 from lamina.core.settings import ControllerSettings, database_url
+from lamina.lifecycle import run_until_signalled
 from lamina.rpc import controller_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
@@ -98,16 +98,5 @@ class ControllerServer:
 
 async def serve(settings: ControllerSettings) -> None:
     """Run a controller until SIGTERM or SIGINT, then stop it gracefully."""
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    # Installed before starting, so a signal during start-up still ends in a clean stop.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
     server = ControllerServer(settings)
-    try:
-        await server.start()
-        await stopping.wait()
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-        await server.stop()
+    await run_until_signalled(server.start, server.stop)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import socket
 
 import uvicorn
@@ -23,6 +22,7 @@ from gateway.metrics import GatewayMetrics
 from lamina.controller_client import ControllerClient
 from lamina.core.settings import GatewaySettings
 from lamina.function_cache import FunctionCache
+from lamina.lifecycle import run_until_signalled
 
 log = logging.getLogger(__name__)
 
@@ -123,14 +123,4 @@ class GatewayServer:
 async def serve(settings: GatewaySettings) -> None:
     """Run a gateway until SIGTERM or SIGINT."""
     gateway = GatewayServer(settings)
-    await gateway.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-        await gateway.stop()
+    await run_until_signalled(gateway.start, gateway.stop)

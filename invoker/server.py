@@ -13,7 +13,6 @@ import contextlib
 import logging
 import os
 import random
-import signal
 import socket
 
 import grpc
@@ -31,6 +30,7 @@ from lamina.controller_client import ControllerClient
 from lamina.core.errors import LaminaError, Unavailable
 from lamina.core.settings import InvokerSettings
 from lamina.function_cache import FunctionCache
+from lamina.lifecycle import run_until_signalled
 from lamina.rpc import invoker_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
@@ -160,14 +160,4 @@ class InvokerServer:
 async def serve(settings: InvokerSettings) -> None:
     """Run an invoker until SIGTERM or SIGINT, then shut it down gracefully."""
     server = InvokerServer(settings)
-    await server.start()
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
-    try:
-        await stopping.wait()
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-        await server.stop(SHUTDOWN_GRACE_S)
+    await run_until_signalled(server.start, lambda: server.stop(SHUTDOWN_GRACE_S))

@@ -10,7 +10,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 import yaml
@@ -25,7 +25,7 @@ err = Console(stderr=True)
 out = Console()
 
 Url = Annotated[str, typer.Option("--url", envvar="LAMINA_URL", help="Gateway URL")]
-ApiKey = Annotated[Optional[str], typer.Option("--api-key", envvar="LAMINA_API_KEY", show_default=False,
+ApiKey = Annotated[str | None, typer.Option("--api-key", envvar="LAMINA_API_KEY", show_default=False,
                                                help="API key [default: ./.lamina/admin.key]")]
 
 #: lamina.yaml keys and the spec fields they set.
@@ -92,13 +92,13 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def deploy(
         directory: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Function source directory")],
-        name: Annotated[Optional[str], typer.Option("--name", "-n")] = None,
-        runtime: Annotated[Optional[str], typer.Option("--runtime")] = None,
-        handler: Annotated[Optional[str], typer.Option("--handler")] = None,
-        memory: Annotated[Optional[int], typer.Option("--memory", help="MB")] = None,
-        timeout: Annotated[Optional[int], typer.Option("--timeout", help="seconds")] = None,
-        env: Annotated[Optional[list[str]], typer.Option("--env", "-e", help="KEY=VALUE, repeatable")] = None,
-        description: Annotated[Optional[str], typer.Option("--description")] = None,
+        name: Annotated[str | None, typer.Option("--name", "-n")] = None,
+        runtime: Annotated[str | None, typer.Option("--runtime")] = None,
+        handler: Annotated[str | None, typer.Option("--handler")] = None,
+        memory: Annotated[int | None, typer.Option("--memory", help="MB")] = None,
+        timeout: Annotated[int | None, typer.Option("--timeout", help="seconds")] = None,
+        env: Annotated[list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE, repeatable")] = None,
+        description: Annotated[str | None, typer.Option("--description")] = None,
         url: Url = DEFAULT_URL,
         api_key: ApiKey = None,
     ) -> None:
@@ -134,7 +134,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def invoke(
         name: str,
-        payload: Annotated[Optional[str], typer.Option("--payload", "-p", help="JSON event or @file")] = None,
+        payload: Annotated[str | None, typer.Option("--payload", "-p", help="JSON event or @file")] = None,
         url: Url = DEFAULT_URL,
         api_key: ApiKey = None,
     ) -> None:
@@ -188,7 +188,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def logs(
         name: str,
-        request_id: Annotated[Optional[str], typer.Option("--request-id", "-r")] = None,
+        request_id: Annotated[str | None, typer.Option("--request-id", "-r")] = None,
         limit: Annotated[int, typer.Option("--limit", "-n")] = 200,
         follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines")] = False,
         url: Url = DEFAULT_URL,

@@ -5,16 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from lamina.core import settings as cfg
 from lamina.core.errors import InvalidSpec
 
-DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="State directory [LAMINA_DATA_DIR, default ./.lamina]")]
-LogLevel = Annotated[Optional[str], typer.Option("--log-level", help="debug|info|warning|error [LAMINA_LOG_LEVEL]")]
-ControllerUrl = Annotated[Optional[str], typer.Option("--controller-url", help="host:port [LAMINA_CONTROLLER_URL]")]
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="State directory [LAMINA_DATA_DIR, default ./.lamina]")]
+LogLevel = Annotated[str | None, typer.Option("--log-level", help="debug|info|warning|error [LAMINA_LOG_LEVEL]")]
+ControllerUrl = Annotated[str | None, typer.Option("--controller-url", help="host:port [LAMINA_CONTROLLER_URL]")]
 
 
 def configure_logging(level: str, component: str) -> None:
@@ -41,8 +41,8 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def up(
         data_dir: DataDir = None,
-        port: Annotated[Optional[int], typer.Option("--port", help="Gateway HTTP port [LAMINA_PORT, default 8080]")] = None,
-        host: Annotated[Optional[str], typer.Option("--host", help="Gateway bind address [LAMINA_HOST]")] = None,
+        port: Annotated[int | None, typer.Option("--port", help="Gateway HTTP port [LAMINA_PORT, default 8080]")] = None,
+        host: Annotated[str | None, typer.Option("--host", help="Gateway bind address [LAMINA_HOST]")] = None,
         log_level: LogLevel = None,
     ) -> None:
         """Run the whole embedded stack (controller, invoker, gateway) on this machine."""
@@ -56,8 +56,8 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def controller(
         data_dir: DataDir = None,
-        listen: Annotated[Optional[str], typer.Option("--listen", help="host:port [LAMINA_CONTROLLER_LISTEN]")] = None,
-        database_url: Annotated[Optional[str], typer.Option("--database-url", help="[LAMINA_DATABASE_URL]")] = None,
+        listen: Annotated[str | None, typer.Option("--listen", help="host:port [LAMINA_CONTROLLER_LISTEN]")] = None,
+        database_url: Annotated[str | None, typer.Option("--database-url", help="[LAMINA_DATABASE_URL]")] = None,
         log_level: LogLevel = None,
     ) -> None:
         """Run the controller (gRPC): functions, code, keys, invoker registry, logs."""
@@ -71,8 +71,8 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def gateway(
         data_dir: DataDir = None,
-        port: Annotated[Optional[int], typer.Option("--port", help="[LAMINA_PORT]")] = None,
-        host: Annotated[Optional[str], typer.Option("--host", help="[LAMINA_HOST]")] = None,
+        port: Annotated[int | None, typer.Option("--port", help="[LAMINA_PORT]")] = None,
+        host: Annotated[str | None, typer.Option("--host", help="[LAMINA_HOST]")] = None,
         controller_url: ControllerUrl = None,
         log_level: LogLevel = None,
     ) -> None:
@@ -87,7 +87,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def invoker(
         data_dir: DataDir = None,
-        listen: Annotated[Optional[str], typer.Option("--listen", help="host:port [LAMINA_INVOKER_LISTEN]")] = None,
+        listen: Annotated[str | None, typer.Option("--listen", help="host:port [LAMINA_INVOKER_LISTEN]")] = None,
         controller_url: ControllerUrl = None,
         log_level: LogLevel = None,
     ) -> None:

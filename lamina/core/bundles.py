@@ -102,7 +102,7 @@ def check(source: str | os.PathLike[str] | BinaryIO, *, compressed_size: int | N
             spans.append((*_data_span(archive.fp, info), info.filename))
         # Entries whose data overlap are how a small zip claims terabytes (Fifield's bomb).
         spans.sort()
-        for (_, end, name), (start, _, other) in zip(spans, spans[1:]):
+        for (_, end, name), (start, _, other) in zip(spans, spans[1:], strict=False):
             if start < end:
                 raise InvalidSpec(f"zip entries {name!r} and {other!r} overlap: refused as a zip bomb")
         total = 0

@@ -32,7 +32,7 @@ class NotFound(LaminaError):
     code = "NotFound"
 
     @classmethod
-    def function(cls, name: str) -> "NotFound":
+    def function(cls, name: str) -> NotFound:
         return cls(f"function {name!r} not found")
 
 

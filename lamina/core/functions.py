@@ -45,7 +45,7 @@ class FunctionSpec:
     code_sha256: str = ""
     description: str = ""
 
-    def with_code(self, sha256: str) -> "FunctionSpec":
+    def with_code(self, sha256: str) -> FunctionSpec:
         return replace(self, code_sha256=sha256)
 
 

@@ -174,7 +174,7 @@ def describe(cls: type) -> list[tuple[str, str]]:
         if not dataclasses.is_dataclass(klass):
             continue
         body = ast.parse(inspect.getsource(klass)).body[0].body  # type: ignore[attr-defined]
-        for node, nxt in zip(body, body[1:]):
+        for node, nxt in zip(body, body[1:], strict=False):
             if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
                 docs[node.target.id] = inspect.cleandoc(nxt.value.value)  # type: ignore[union-attr]
     return [(env_name(name), docs.get(name, "")) for name in (f.name for f in dataclasses.fields(cls))]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -124,13 +123,3 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield s
     finally:
         s.stop()
-
-
-def copy_package(name: str, dest: Path) -> None:
-    """Vendor an installed pure-Python package into a function bundle directory."""
-    module = __import__(name)
-    src = Path(module.__file__)
-    if src.name == "__init__.py":
-        shutil.copytree(src.parent, dest / src.parent.name, ignore=shutil.ignore_patterns("__pycache__"))
-    else:
-        shutil.copy(src, dest / src.name)

@@ -48,7 +48,7 @@ def test_deploy_invoke_restart(backend, tmp_path, request):
             if result["request_id"] in logs and "greeting x" in logs:
                 break
             time.sleep(0.3)
-        line = next(l for l in logs.splitlines() if "greeting x" in l)
+        line = next(entry for entry in logs.splitlines() if "greeting x" in entry)
         assert result["request_id"] in line
 
         assert stack.stop() == 0
