@@ -20,7 +20,7 @@ from lamina.core.logs import LogRecord
 #: Keys a spec may carry; anything else is refused by name (a typo must not pass silently).
 SPEC_FIELDS: dict[str, type] = {
     "name": str, "runtime": str, "handler": str, "memory_mb": int, "timeout_s": int,
-    "environment": dict, "description": str,
+    "environment": dict, "description": str, "egress": str,
 }
 
 
@@ -41,7 +41,7 @@ def function_json(fn: FunctionState, *, with_environment: bool = True) -> dict[s
     else:
         body["environment_keys"] = sorted(spec.environment)
     body.update(
-        description=spec.description, code_sha256=spec.code_sha256, code_size=fn.code_size,
+        description=spec.description, egress=spec.egress, code_sha256=spec.code_sha256, code_size=fn.code_size,
         revision=fn.revision, created_at=iso_time(fn.created_at), updated_at=iso_time(fn.updated_at),
     )
     return body
@@ -101,6 +101,7 @@ class FunctionOut(BaseModel):
     timeout_s: int
     environment: dict[str, str] = Field(description="Present on single-function responses.")
     description: str
+    egress: str = Field(description='"internet" (default) or "none".')
     code_sha256: str
     code_size: int = Field(description="Size of the code bundle (zip) in bytes.")
     revision: int = Field(description="Revision of the last change; send it back in If-Match.")
@@ -116,6 +117,7 @@ class FunctionSummary(BaseModel):
     timeout_s: int
     environment_keys: list[str] = Field(description="Names of the environment variables; values are omitted.")
     description: str
+    egress: str = Field(description='"internet" (default) or "none".')
     code_sha256: str
     code_size: int
     revision: int
@@ -151,7 +153,7 @@ DEPLOY_FORM = {
                     "type": "object",
                     "properties": {
                         "spec": {"type": "string", "description": "JSON object: name, runtime, handler, memory_mb, "
-                                 "timeout_s, environment, description."},
+                                 "timeout_s, environment, description, egress."},
                         "code": {"type": "string", "format": "binary", "description": "The code bundle (zip)."},
                     },
                     "required": ["spec"],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import grpc
 
 from lamina.core import errors
-from lamina.core.functions import Function, FunctionSpec
+from lamina.core.functions import DEFAULT_EGRESS, Function, FunctionSpec
 from lamina.core.invocations import InvocationResult, Outcome
 from lamina.rpc import controller_pb2 as cpb
 from lamina.rpc import invoker_pb2 as ipb
@@ -65,7 +65,7 @@ def spec_to_pb(spec: FunctionSpec) -> cpb.FunctionSpec:
     return cpb.FunctionSpec(
         name=spec.name, runtime=spec.runtime, handler=spec.handler, memory_mb=spec.memory_mb,
         timeout_s=spec.timeout_s, environment=dict(spec.environment), code_sha256=spec.code_sha256,
-        description=spec.description,
+        description=spec.description, egress=spec.egress,
     )
 
 
@@ -73,7 +73,7 @@ def spec_from_pb(msg: cpb.FunctionSpec) -> FunctionSpec:
     return FunctionSpec(
         name=msg.name, runtime=msg.runtime, handler=msg.handler, memory_mb=msg.memory_mb,
         timeout_s=msg.timeout_s, environment=dict(msg.environment), code_sha256=msg.code_sha256,
-        description=msg.description,
+        description=msg.description, egress=msg.egress or DEFAULT_EGRESS,
     )
 
 

@@ -28,6 +28,7 @@ functions = sa.Table(
     sa.Column("timeout_s", sa.Integer, nullable=False),
     sa.Column("environment", sa.JSON, nullable=False),
     sa.Column("description", sa.String(256), nullable=False),
+    sa.Column("egress", sa.String(16), nullable=False, server_default="internet"),
     sa.Column("code_sha256", sa.String(64), nullable=False),
     sa.Column("code_size", sa.BigInteger, nullable=False),
     # Global revision of the row's last change (see revision_counter).

@@ -30,7 +30,8 @@ ApiKey = Annotated[str | None, typer.Option("--api-key", envvar="LAMINA_API_KEY"
 
 #: lamina.yaml keys and the spec fields they set.
 YAML_KEYS = {"name": "name", "runtime": "runtime", "handler": "handler", "memory": "memory_mb",
-             "timeout": "timeout_s", "environment": "environment", "description": "description"}
+             "timeout": "timeout_s", "environment": "environment", "description": "description",
+             "egress": "egress"}
 
 
 def _client(url: str, api_key: str | None) -> Client:
@@ -99,6 +100,7 @@ def register(app: typer.Typer) -> None:
         timeout: Annotated[int | None, typer.Option("--timeout", help="seconds")] = None,
         env: Annotated[list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE, repeatable")] = None,
         description: Annotated[str | None, typer.Option("--description")] = None,
+        egress: Annotated[str | None, typer.Option("--egress", help="internet (default) or none")] = None,
         url: Url = DEFAULT_URL,
         api_key: ApiKey = None,
     ) -> None:
@@ -106,7 +108,7 @@ def register(app: typer.Typer) -> None:
         try:
             fields = read_manifest(directory)
             flags = {"name": name, "runtime": runtime, "handler": handler, "memory_mb": memory,
-                     "timeout_s": timeout, "description": description}
+                     "timeout_s": timeout, "description": description, "egress": egress}
             fields.update({k: v for k, v in flags.items() if v is not None})
             fields["environment"] = {**fields.get("environment", {}), **_parse_env(env or [])}
             fields.setdefault("name", directory.resolve().name)

@@ -18,7 +18,7 @@ HANDLER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*([./][A-Za-z_][A-Za-z0-9_-]*)*
 ENV_KEY_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_]*$")
 
 #: Runtimes the platform implements. The invoker maps each to an interpreter.
-RUNTIMES = ("python3.11", "python3.12")
+RUNTIMES = ("python3.11", "python3.12", "nodejs20")
 DEFAULT_RUNTIME = "python3.11"
 
 MEMORY_MB_MIN, MEMORY_MB_MAX, MEMORY_MB_DEFAULT = 128, 10240, 128
@@ -26,6 +26,10 @@ TIMEOUT_S_MIN, TIMEOUT_S_MAX, TIMEOUT_S_DEFAULT = 1, 900, 30
 #: Lambda's limit: the sum of the sizes of all keys and values.
 ENVIRONMENT_MAX_BYTES = 4096
 DESCRIPTION_MAX = 256
+#: Network a worker gets: "internet" (outbound, but never the host's loopback services) or
+#: "none" (no network interface but its own loopback).
+EGRESS = ("internet", "none")
+DEFAULT_EGRESS = "internet"
 #: Variables the runtime sets itself; a function may not override them.
 RESERVED_ENV_PREFIXES = ("LAMINA_", "AWS_LAMBDA_", "LAMBDA_")
 RESERVED_ENV_KEYS = frozenset({"_HANDLER", "AWS_REGION", "AWS_EXECUTION_ENV", "PATH", "PYTHONPATH", "TZ"})
@@ -44,6 +48,8 @@ class FunctionSpec:
     #: sha256 (hex) of the code bundle, as returned by the code upload.
     code_sha256: str = ""
     description: str = ""
+    #: "internet" or "none"; see ``EGRESS``.
+    egress: str = DEFAULT_EGRESS
 
     def with_code(self, sha256: str) -> FunctionSpec:
         return replace(self, code_sha256=sha256)
@@ -85,6 +91,8 @@ def validate_spec(spec: FunctionSpec, *, require_code: bool = True) -> FunctionS
     if not TIMEOUT_S_MIN <= spec.timeout_s <= TIMEOUT_S_MAX:
         raise InvalidSpec(f"timeout {spec.timeout_s} s is out of range {TIMEOUT_S_MIN}..{TIMEOUT_S_MAX} s")
     validate_environment(spec.environment)
+    if spec.egress not in EGRESS:
+        raise InvalidSpec(f"unknown egress {spec.egress!r}: expected one of {', '.join(EGRESS)}")
     if len(spec.description) > DESCRIPTION_MAX:
         raise InvalidSpec(f"description is longer than {DESCRIPTION_MAX} characters")
     if require_code and not re.fullmatch(r"[0-9a-f]{64}", spec.code_sha256 or ""):

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class FunctionSpec(_message.Message):
-    __slots__ = ("name", "runtime", "handler", "memory_mb", "timeout_s", "environment", "code_sha256", "description")
+    __slots__ = ("name", "runtime", "handler", "memory_mb", "timeout_s", "environment", "code_sha256", "description", "egress")
     class EnvironmentEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +24,7 @@ class FunctionSpec(_message.Message):
     ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
     CODE_SHA256_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_FIELD_NUMBER: _ClassVar[int]
     name: str
     runtime: str
     handler: str
@@ -32,7 +33,8 @@ class FunctionSpec(_message.Message):
     environment: _containers.ScalarMap[str, str]
     code_sha256: str
     description: str
-    def __init__(self, name: _Optional[str] = ..., runtime: _Optional[str] = ..., handler: _Optional[str] = ..., memory_mb: _Optional[int] = ..., timeout_s: _Optional[int] = ..., environment: _Optional[_Mapping[str, str]] = ..., code_sha256: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
+    egress: str
+    def __init__(self, name: _Optional[str] = ..., runtime: _Optional[str] = ..., handler: _Optional[str] = ..., memory_mb: _Optional[int] = ..., timeout_s: _Optional[int] = ..., environment: _Optional[_Mapping[str, str]] = ..., code_sha256: _Optional[str] = ..., description: _Optional[str] = ..., egress: _Optional[str] = ...) -> None: ...
 
 class Function(_message.Message):
     __slots__ = ("spec", "revision", "code_size", "created_at", "updated_at")

@@ -37,6 +37,7 @@ def test_invalid_names_are_refused_with_the_name(name):
         ({"environment": {"LAMINA_DATA_DIR": "x"}}, "reserved"),
         ({"environment": {"BIG": "x" * 4094}}, "over the limit of 4096 bytes"),
         ({"code_sha256": "nothex"}, "invalid code digest"),
+        ({"egress": "intranet"}, "unknown egress 'intranet'"),
     ],
 )
 def test_each_bad_field_is_named(changes, message):
@@ -45,6 +46,7 @@ def test_each_bad_field_is_named(changes, message):
 
 
 def test_a_valid_spec_passes_and_code_may_come_later():
-    good = spec(handler="src/app.handler", memory_mb=10240, timeout_s=900, environment={"K": "v" * 4000})
+    good = spec(handler="src/app.handler", memory_mb=10240, timeout_s=900, environment={"K": "v" * 4000}, egress="none")
+    assert validate_spec(spec(runtime="nodejs20", handler="index.handler")).runtime == "nodejs20"
     assert validate_spec(good) is good
     assert validate_spec(spec(code_sha256=""), require_code=False).name == "hello"

@@ -69,7 +69,7 @@ def test_create_get_list_delete(management: Stack):
         assert fn["code_sha256"] == hashlib.sha256(HELLO).hexdigest() and fn["code_size"] == len(HELLO)
         assert fn["created_at"].endswith("Z") and fn["revision"] > 0
         assert created.headers["etag"] == f'"{fn["revision"]}"'
-        assert set(fn) == {"name", "runtime", "handler", "memory_mb", "timeout_s", "environment", "description",
+        assert set(fn) == {"name", "runtime", "handler", "memory_mb", "timeout_s", "environment", "description", "egress",
                            "code_sha256", "code_size", "revision", "created_at", "updated_at"}
 
         again = api.post("/api/v1/functions", files=deploy_form(spec, HELLO))
