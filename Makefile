@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test bench proto lint clean
+.PHONY: up test bench bench-peer proto lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/warm_and_cold.py
+
+bench-peer: $(STAMP)
+	cd bench/peer && npm install --no-audit --no-fund --silent
+	$(BIN)/python bench/peer.py
 
 proto: $(STAMP)
 	$(BIN)/python proto/generate.py lamina/rpc

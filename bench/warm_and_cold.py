@@ -1,134 +1,109 @@
-"""Warm invocation latency through gateway → invoker → worker, next to a bare uvicorn
-hello-world measured in the same run, and the cold-start time of a fresh function.
+"""`make bench`: warm invocations, cold starts and idle-worker memory, each next to its
+baseline measured in the same run. Prints the figures and writes bench/results/bench.json.
 
-    make bench            # prints the figures and writes bench/results/warm_and_cold.json
+- warm: ``/function/hello`` through gateway → invoker → worker vs a bare uvicorn
+  hello-world, both loaded by the same client (wrk) at concurrency 1 and 32: requests/s, p50,
+  p99 and the ratios (bench/warm.py);
+- cold: the invoker's ``init_duration_ms`` for a new worker vs a fresh ``python -I -S`` (and
+  ``node``) running the same bootstrap and handler, spawned by the bench (bench/cold.py);
+- memory: USS and RSS of an idle warm worker, Python and Node (bench/memory.py).
 
-Both servers are measured by the same client (one keep-alive connection, concurrency 1),
-so the client's own cost is in both figures and the difference is Lamina's.
+Environment: BENCH_SECONDS (per load run, default 4), BENCH_ROUNDS (alternating runs per
+figure, default 2), BENCH_COLD_STARTS (default 20). The runnable peer is `make bench-peer`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-import socket
-import statistics
-import subprocess
+import platform
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-import httpx
+from cold import fresh_node, fresh_python, invoker_cold_starts, node_available, summary
+from loadgen import LoadGenerator
+from memory import idle_worker
+from stack import BENCH, ROOT, BareUvicorn, LaminaStack
+from warm import compare, describe
 
-ROOT = Path(__file__).resolve().parents[1]
-WARM_REQUESTS = int(os.environ.get("BENCH_WARM_REQUESTS", "2000"))
+SECONDS = float(os.environ.get("BENCH_SECONDS", "4"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
 COLD_STARTS = int(os.environ.get("BENCH_COLD_STARTS", "20"))
+HELLO = ROOT / "examples" / "hello"
+FUNCTIONS = BENCH / "functions"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def cold_section(stack: LaminaStack, runtime: str) -> dict[str, object]:
+    if runtime == "python":
+        ours, why = invoker_cold_starts(stack, "coldpy", HELLO, COLD_STARTS)
+        fresh = lambda: fresh_python(HELLO, "app.handler", COLD_STARTS)  # noqa: E731
+    else:
+        ours, why = invoker_cold_starts(stack, "coldnode", FUNCTIONS / "hello_node", COLD_STARTS,
+                                        runtime="nodejs20", handler="index.handler")
+        fresh = lambda: fresh_node(FUNCTIONS / "hello_node", "index.handler", COLD_STARTS)  # noqa: E731
+    if why:
+        return {"skipped": why}
+    init_ok, first_result = fresh()
+    inv, base = summary(ours), summary(init_ok)
+    return {"invoker_init_duration": inv, "fresh_interpreter_to_init_ok": base,
+            "fresh_interpreter_to_first_result": summary(first_result),
+            "p50_speedup": base["p50_ms"] / inv["p50_ms"], "p99_speedup": base["p99_ms"] / inv["p99_ms"]}
 
 
-def wait_http(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer")
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
-
-
-def measure(url: str, n: int) -> dict[str, float]:
-    with httpx.Client(timeout=30) as client:
-        for _ in range(min(200, n)):  # warm up both ends
-            client.get(url).raise_for_status()
-        times = []
-        for _ in range(n):
-            start = time.perf_counter()
-            client.get(url).raise_for_status()
-            times.append((time.perf_counter() - start) * 1000)
-    return {"p50_ms": statistics.median(times), "p99_ms": percentile(times, 99),
-            "rps": 1000 / statistics.mean(times), "n": n}
-
-
-def main() -> None:
-    results: dict[str, object] = {}
-    work = Path(tempfile.mkdtemp(prefix="lamina-bench-"))
-    base_port, lamina_port = free_port(), free_port()
-    baseline = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "baseline_app:app", "--port", str(base_port), "--log-level", "warning",
-         "--no-access-log"], cwd=ROOT / "bench",
-    )
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LAMINA_")},
-           "LAMINA_DATA_DIR": str(work / ".lamina"), "LAMINA_PORT": str(lamina_port),
-           "LAMINA_CONTROLLER_LISTEN": f"127.0.0.1:{free_port()}",
-           "LAMINA_INVOKER_LISTEN": f"127.0.0.1:{free_port()}", "LAMINA_LOG_LEVEL": "warning"}
-    stack = subprocess.Popen([sys.executable, "-m", "lamina", "up"], env=env, cwd=work,
-                             stdout=subprocess.DEVNULL, start_new_session=True)
+def main() -> int:
+    began = time.monotonic()
+    gen = LoadGenerator()
+    results: dict[str, object] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+                                  "client": gen.client, "seconds": SECONDS, "rounds": ROUNDS}
     try:
-        wait_http(f"http://127.0.0.1:{base_port}/")
-        wait_http(f"http://127.0.0.1:{lamina_port}/readyz")
-        cli_env = {**env, "LAMINA_URL": f"http://127.0.0.1:{lamina_port}",
-                   "LAMINA_API_KEY": (work / ".lamina" / "admin.key").read_text().strip()}
-        subprocess.run([sys.executable, "-m", "lamina", "deploy", str(ROOT / "examples" / "hello"), "--name", "hello"],
-                       env=cli_env, check=True, capture_output=True)
-
-        base = measure(f"http://127.0.0.1:{base_port}/", WARM_REQUESTS)
-        warm = measure(f"http://127.0.0.1:{lamina_port}/function/hello", WARM_REQUESTS)
-        results["warm"] = {
-            "baseline_uvicorn": base, "lamina": warm,
-            "p50_overhead_ms": warm["p50_ms"] - base["p50_ms"],
-            "p50_ratio": warm["p50_ms"] / base["p50_ms"],
-        }
-
-        # Cold starts: each deploy makes a new revision, so its first call starts a worker.
-        cold = []
-        with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {cli_env['LAMINA_API_KEY']}"}) as api:
-            from lamina.client import pack_directory
-
-            code = pack_directory(ROOT / "examples" / "hello")
-            for i in range(COLD_STARTS):
-                files = {"spec": (None, json.dumps({"handler": "app.handler", "description": str(i)}), "application/json"),
-                         "code": ("c.zip", code, "application/zip")}
-                api.put(f"http://127.0.0.1:{lamina_port}/api/v1/functions/cold{i}", files=files).raise_for_status()
-                time.sleep(0.3)  # let the watch stream deliver the new function everywhere
-                start = time.perf_counter()
-                response = api.get(f"http://127.0.0.1:{lamina_port}/function/cold{i}")
-                cold.append((time.perf_counter() - start) * 1000)
-                response.raise_for_status()
-                assert response.headers.get("x-lamina-cold-start") == "true", "expected a cold start"
-        results["cold_start"] = {"p50_ms": statistics.median(cold), "p99_ms": percentile(cold, 99), "n": len(cold)}
+        with BareUvicorn() as base, LaminaStack() as stack:
+            stack.deploy("hello", HELLO)
+            url = f"{stack.url}/function/hello"
+            results["warm"] = [compare(gen, base.url, url, c, SECONDS, ROUNDS) for c in (1, 32)]
+            results["cold_start"] = {"python": cold_section(stack, "python")}
+            why_not_node = node_available()
+            results["cold_start"]["node"] = cold_section(stack, "node") if not why_not_node else {"skipped": why_not_node}
+            results["memory"] = {"python": idle_worker(stack, "mempy", FUNCTIONS / "hello_py", "lamina-mem-py")}
+            try:
+                results["memory"]["node"] = (
+                    {"skipped": why_not_node} if why_not_node else
+                    idle_worker(stack, "memnode", FUNCTIONS / "hello_node", "lamina-mem-node", runtime="nodejs20",
+                                handler="index.handler"))
+            except RuntimeError as exc:
+                results["memory"]["node"] = {"skipped": str(exc)}
     finally:
-        baseline.terminate()
-        stack.send_signal(signal.SIGINT)
-        stack.wait(30)
-        baseline.wait(10)
-        shutil.rmtree(work, ignore_errors=True)
-
-    w = results["warm"]
-    print(f"warm, concurrency 1, {WARM_REQUESTS} requests:")
-    print(f"  bare uvicorn   p50 {w['baseline_uvicorn']['p50_ms']:.3f} ms  p99 {w['baseline_uvicorn']['p99_ms']:.3f} ms")
-    print(f"  lamina         p50 {w['lamina']['p50_ms']:.3f} ms  p99 {w['lamina']['p99_ms']:.3f} ms")
-    print(f"  overhead p50 +{w['p50_overhead_ms']:.3f} ms (x{w['p50_ratio']:.2f})")
-    c = results["cold_start"]
-    print(f"cold start (first HTTP call of a fresh function, end to end): p50 {c['p50_ms']:.1f} ms  p99 {c['p99_ms']:.1f} ms")
-    out = ROOT / "bench" / "results"
+        gen.close()
+    results["elapsed_s"] = time.monotonic() - began
+    report(results)
+    out = BENCH / "results"
     out.mkdir(exist_ok=True)
-    (out / "warm_and_cold.json").write_text(json.dumps(results, indent=2))
+    (out / "bench.json").write_text(json.dumps(results, indent=2))
+    print(f"written to {out / 'bench.json'} ({results['elapsed_s']:.0f} s)")
+    return 0
+
+
+def report(r: dict) -> None:
+    print(f"warm invocation, GET /function/hello vs bare uvicorn, {r['client']}, "
+          f"{r['rounds']}×{r['seconds']:g} s per figure (median round):")
+    for row in r["warm"]:
+        print("\n".join(describe(row)))
+    for runtime, c in r["cold_start"].items():
+        if "skipped" in c:
+            print(f"cold start, {runtime}: skipped ({c['skipped']})")
+            continue
+        i, b, f = c["invoker_init_duration"], c["fresh_interpreter_to_init_ok"], c["fresh_interpreter_to_first_result"]
+        print(f"cold start, {runtime} (n={i['n']}):")
+        print(f"  invoker init_duration_ms   p50 {i['p50_ms']:6.1f} ms  p99 {i['p99_ms']:6.1f} ms")
+        print(f"  fresh interpreter→init_ok  p50 {b['p50_ms']:6.1f} ms  p99 {b['p99_ms']:6.1f} ms"
+              f"  (→first result p50 {f['p50_ms']:.1f} ms)")
+        print(f"  speed-up                   p50 x{c['p50_speedup']:.1f}  p99 x{c['p99_speedup']:.1f}")
+    for runtime, m in r["memory"].items():
+        if "skipped" in m:
+            print(f"idle warm worker, {runtime}: skipped ({m['skipped']})")
+        else:
+            print(f"idle warm worker, {runtime}: USS {m['uss_mib']:.1f} MiB  PSS {m['pss_mib']:.1f} MiB  "
+                  f"RSS {m['rss_mib']:.1f} MiB (pid {m['pid']}, {m['found']})")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -57,6 +57,12 @@ class ControllerMetrics:
             registry=self.registry,
         )
 
+        self.invocation_records = Counter(
+            "lamina_controller_invocation_records_total",
+            "Invocation records received through PutRecords (resent duplicates included, stored once).",
+            registry=self.registry,
+        )
+
     def text(self) -> str:
         """The Prometheus text exposition of this registry."""
         return generate_latest(self.registry).decode()

@@ -30,6 +30,7 @@ from lamina import wire
 from lamina.core.errors import InvalidSpec, LaminaError
 from lamina.core.functions import validate_name, validate_spec
 from lamina.core.logs import STREAMS, LogRecord
+from lamina.core.records import InvocationRecord
 from lamina.rpc import controller_pb2 as pb
 from lamina.rpc import controller_pb2_grpc as pb_grpc
 
@@ -248,6 +249,28 @@ class ControllerServicer(pb_grpc.ControllerServicer):
             for r in records
         ])
 
+    # invocation records
+
+    @rpc
+    async def PutRecords(self, request: pb.PutRecordsRequest, context: Any) -> pb.PutRecordsResponse:
+        records = [_checked_record(wire.record_from_pb(r)) for r in request.records]
+        await asyncio.to_thread(self._store.records.put_records, records)
+        self._metrics.invocation_records.inc(len(records))
+        return pb.PutRecordsResponse()
+
+    @rpc
+    async def QueryUsage(self, request: pb.QueryUsageRequest, context: Any) -> pb.QueryUsageResponse:
+        function = validate_name(request.function) if request.function else ""
+        usage = await asyncio.to_thread(self._store.records.query_usage, request.since, request.until, function)
+        return pb.QueryUsageResponse(usage=[wire.usage_to_pb(u) for u in usage])
+
+    @rpc
+    async def QueryRecords(self, request: pb.QueryRecordsRequest, context: Any) -> pb.QueryRecordsResponse:
+        records = await asyncio.to_thread(
+            self._store.records.query_records, validate_name(request.function), request.limit
+        )
+        return pb.QueryRecordsResponse(records=[wire.record_to_pb(r) for r in records])
+
     @rpc
     async def GetMetrics(self, request: pb.GetMetricsRequest, context: Any) -> pb.GetMetricsResponse:
         await asyncio.to_thread(self._sample_store)
@@ -280,3 +303,18 @@ def _log_from_pb(r: pb.LogRecord) -> LogRecord:
         raise InvalidSpec(f"request_id {r.request_id[:16]!r}… is longer than 128 characters")
     return LogRecord(function=r.function, request_id=r.request_id, timestamp=r.timestamp, stream=r.stream,
                      message=r.message)
+
+
+def _checked_record(r: InvocationRecord) -> InvocationRecord:
+    validate_name(r.function)
+    if not r.request_id or len(r.request_id) > 128:
+        raise InvalidSpec(f"invalid request_id {r.request_id[:16]!r} in a record of {r.function}: "
+                          "use 1 to 128 characters")
+    if len(r.invoker_id) > 128 or not r.version or len(r.version) > 32:
+        raise InvalidSpec(f"invalid invoker_id or version in the record of request {r.request_id}")
+    numbers = {"start": r.start, "duration_ms": r.duration_ms, "billed_ms": r.billed_ms, "memory_mb": r.memory_mb,
+               "max_memory_used_mb": r.max_memory_used_mb, "init_duration_ms": r.init_duration_ms}
+    negative = [f"{k}={v}" for k, v in numbers.items() if v < 0]
+    if negative:
+        raise InvalidSpec(f"record of request {r.request_id} has negative {', '.join(negative)}")
+    return r

@@ -21,7 +21,7 @@ from gateway.auth import Authenticator, require_principal
 from gateway.balancer import Balancer
 from gateway.invokers import InvokerClients
 from gateway.metrics import GatewayMetrics, RequestMetricsMiddleware
-from gateway.routes import functions, health, http, invoke
+from gateway.routes import functions, health, http, invoke, usage
 from gateway.routes import metrics as metrics_routes
 from lamina.controller_client import ControllerClient
 from lamina.core.errors import InvalidSpec, LaminaError, LimitExceeded, NotFound, Unauthenticated
@@ -97,6 +97,7 @@ def create_app(
     authenticated = [Depends(require_principal)]
     included = [
         (functions.router, API_PREFIX, authenticated), (invoke.router, API_PREFIX, authenticated),
+        (usage.router, API_PREFIX, authenticated),
         (health.router, "", []), (metrics_routes.router, "", []),
     ]
     templates = {id(r.endpoint): r.path for r in app.router.routes if isinstance(r, Route)}

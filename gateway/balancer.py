@@ -92,6 +92,9 @@ class Balancer:
             if inv.address not in live:
                 # Calls in flight may still complete; the longest possible one bounds the wait.
                 self._clients.forget(inv.address, grace=TIMEOUT_S_MAX + self.invoke_grace_s)
+        known = {inv.address for inv in old.values()}
+        for address in live - known:
+            self._clients.discover(address)  # its Health and invocation stream, ahead of its first call
         self._ring = HashRing(list(new.values()))
         self._preferences = {}
         log.info("invokers: %s", ", ".join(f"{i.invoker_id}@{i.address}" for i in new.values()) or "none")

@@ -1,4 +1,11 @@
-"""The gateway's client of the invokers: one gRPC channel per invoker address.
+"""The gateway's client of the invokers: per invoker address, one gRPC channel and one
+invocation stream.
+
+Invocations travel on the invoker's stream (``gateway/stream.py``: framed protobuf over one
+persistent TCP connection, several times cheaper than a gRPC call) when its Health
+advertises one, else as gRPC ``Invoke``; everything else (Health, GetMetrics) is gRPC.
+Health is asked once per newly discovered invoker and again after its stream was lost (a
+restarted invoker may listen on another port).
 
 A synchronous invocation runs at most once. So this module tells apart a call that never
 reached the invoker (:class:`InvokerUnreachable`: the balancer may send it elsewhere) from
@@ -12,11 +19,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 
 import grpc
 import grpc.aio
 
+from gateway.stream import ConnectionLost, InvokeStreamClient, NotSent
 from lamina import wire
+from lamina.core import errors
 from lamina.core.errors import Unavailable
 from lamina.core.functions import Function
 from lamina.core.invocations import InvocationResult, Outcome
@@ -35,6 +45,9 @@ CHANNEL_OPTIONS = [
 ]
 #: Seconds to wait for a connection to an invoker before trying the next one.
 CONNECT_TIMEOUT_S = 2.0
+#: Seconds after a failed stream connection during which an impatient call (one with other
+#: invokers left to try) skips that invoker instead of connecting again.
+STREAM_RETRY_S = 1.0
 _C = grpc.ChannelConnectivity
 
 
@@ -48,13 +61,29 @@ class InvokerBusy(Unavailable):
     503 rather than 413 (``LimitExceeded``): the caller may retry, the request is fine."""
 
 
+@dataclass(frozen=True)
+class InvokerHealth:
+    """What an invoker's Health said."""
+
+    invoker_id: str
+    #: Its active isolation layers, e.g. "process,cgroup-v1-memory".
+    isolation: str
+    #: host:port of its invocation stream; empty when it has none (invoke over gRPC).
+    stream_address: str
+
+
 class _Connection:
-    __slots__ = ("address", "channel", "stub")
+    __slots__ = ("address", "channel", "stub", "health", "stream", "opening", "stream_failed_at")
 
     def __init__(self, address: str) -> None:
         self.address = address
         self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self.stub = pb_grpc.InvokerStub(self.channel)
+        self.health: InvokerHealth | None = None
+        self.stream: InvokeStreamClient | None = None
+        #: The one Health + connect attempt in progress, shared by the calls that wait on it.
+        self.opening: asyncio.Task[InvokeStreamClient | None] | None = None
+        self.stream_failed_at = 0.0
 
 
 class InvokerClients:
@@ -72,9 +101,85 @@ class InvokerClients:
         return conn
 
     def is_failing(self, address: str) -> bool:
-        """True when the channel to ``address`` is known to be down (gRPC is backing off)."""
+        """True when ``address`` is known to be down: gRPC is backing off, or its stream
+        could not be connected a moment ago."""
         conn = self._connections.get(address)
-        return conn is not None and conn.channel.get_state() is _C.TRANSIENT_FAILURE
+        return conn is not None and (conn.channel.get_state() is _C.TRANSIENT_FAILURE or _stream_failing(conn))
+
+    def discover(self, address: str) -> None:
+        """Learn a newly known invoker's Health and open its stream in the background, so
+        its first invocation does not wait for them."""
+        self._open_stream(self._connection(address))
+
+    async def health(self, address: str, timeout: float) -> InvokerHealth | None:
+        """The invoker's last known Health, asked now when unknown; None if it does not
+        answer within ``timeout`` seconds."""
+        conn = self._connection(address)
+        if conn.health is None:
+            try:
+                await self._ask_health(conn, timeout)
+            except Unavailable:
+                return None
+        return conn.health
+
+    async def _ask_health(self, conn: _Connection, timeout: float) -> InvokerHealth:
+        try:
+            msg = await conn.stub.Health(pb.InvokerHealthRequest(), timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise InvokerUnreachable(f"invoker at {conn.address} did not answer Health: {exc.details()}") from exc
+        conn.health = InvokerHealth(msg.invoker_id, msg.isolation, msg.stream_address)
+        return conn.health
+
+    def _open_stream(self, conn: _Connection) -> asyncio.Task[InvokeStreamClient | None]:
+        if conn.opening is None:
+            conn.opening = task = asyncio.get_running_loop().create_task(self._connect_stream(conn))
+
+            def opened(done: asyncio.Task[InvokeStreamClient | None]) -> None:
+                conn.opening = None
+                if not done.cancelled():
+                    done.exception()  # retrieved here; the callers waiting got it too
+
+            task.add_done_callback(opened)
+        return conn.opening
+
+    async def _connect_stream(self, conn: _Connection) -> InvokeStreamClient | None:
+        """Ask Health (again, if a stream was lost: the invoker may have restarted on another
+        port) and connect to the stream it advertises; None when it advertises none.
+        Raises :class:`InvokerUnreachable`: nothing was sent."""
+        try:
+            if conn.stream is not None or conn.health is None:
+                conn.stream = None
+                await self._connected(conn, patient=True)
+                await self._ask_health(conn, self.connect_timeout)
+            assert conn.health is not None
+            target = conn.health.stream_address
+            if not target:
+                return None
+            try:
+                stream = await asyncio.wait_for(InvokeStreamClient.connect(target), self.connect_timeout)
+            except (OSError, ValueError, TimeoutError) as exc:
+                conn.health = None  # ask again next time: the invoker may have moved
+                raise InvokerUnreachable(
+                    f"invoker at {conn.address} is unreachable: its stream at {target} refused"
+                    f" ({exc or 'timeout'})") from exc
+        except InvokerUnreachable:
+            conn.stream_failed_at = time.monotonic()
+            raise
+        conn.stream = stream
+        log.debug("invocation stream to %s open at %s", conn.address, target)
+        return stream
+
+    async def _stream(self, conn: _Connection, patient: bool) -> InvokeStreamClient | None:
+        """The live stream to ``conn``'s invoker, connecting first if needed; None to use gRPC."""
+        stream = conn.stream
+        if stream is not None and stream.alive:
+            return stream
+        if conn.health is not None and not conn.health.stream_address and stream is None:
+            return None
+        if not patient and _stream_failing(conn):
+            raise InvokerUnreachable(f"invoker at {conn.address} is unreachable (its stream failed just now)")
+        # Shielded: a caller that gives up must not cancel the attempt others wait on.
+        return await asyncio.shield(self._open_stream(conn))
 
     async def _connected(self, conn: _Connection, patient: bool) -> None:
         """Return once the channel is READY; raise :class:`InvokerUnreachable` otherwise.
@@ -109,20 +214,21 @@ class InvokerClients:
         ``LaminaError`` of any other RPC error.
         """
         conn = self._connection(address)
-        await self._connected(conn, patient)
         request = pb.InvokeRequest(
             function=function.name, revision=function.revision, request_id=request_id, payload=payload
         )
+        stream = await self._stream(conn, patient)
+        if stream is not None:
+            return await self._invoke_on_stream(stream, request, timeout)
+        await self._connected(conn, patient)
         try:
             msg = await conn.stub.Invoke(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-                return InvocationResult(
-                    outcome=Outcome.TIMEOUT, error_type="Lamina.InvokerTimeout",
-                    error_message=f"invoker at {address} did not answer within {timeout:g} s",
-                )
+                return _timed_out(address, timeout)
             if code is grpc.StatusCode.UNAVAILABLE:
+                conn.health = None  # it may come back with a stream: ask again
                 raise Unavailable(
                     f"lost the invoker at {address} during request {request_id}: the function may have run"
                     f" ({exc.details()})"
@@ -131,6 +237,31 @@ class InvokerClients:
                 raise InvokerBusy(f"invoker at {address} is at capacity: {exc.details()}") from exc
             raise wire.error_from_rpc(exc) from exc
         return wire.result_from_pb(msg)
+
+    async def _invoke_on_stream(
+        self, stream: InvokeStreamClient, request: pb.InvokeRequest, timeout: float
+    ) -> InvocationResult:
+        address = stream.address
+        try:
+            frame = await stream.call(request, timeout)
+        except NotSent as exc:
+            raise InvokerUnreachable(f"invoker stream at {address} closed before the request was sent ({exc})") from exc
+        except ConnectionLost as exc:
+            raise Unavailable(
+                f"lost the invoker at {address} during request {request.request_id}: the function may have run"
+                f" (connection lost: {exc})"
+            ) from exc
+        except TimeoutError:
+            return _timed_out(address, timeout)
+        if frame.HasField("response"):
+            return wire.result_from_pb(frame.response)
+        code, message = frame.error.code, frame.error.message
+        # An error frame is the invoker's deliberate answer before running anything (unlike
+        # gRPC's UNAVAILABLE, which may be a transport failure mid-call): no capacity, or
+        # shutting down, may go to another invoker.
+        if code in (errors.LimitExceeded.code, errors.Unavailable.code):
+            raise InvokerBusy(f"invoker at {address} could not take the request: {message}")
+        raise errors.BY_CODE.get(code, errors.LaminaError)(message)
 
     async def metrics(self, address: str, timeout: float) -> str:
         """The invoker's Prometheus text; raise ``Unavailable`` if it does not answer in time."""
@@ -142,17 +273,40 @@ class InvokerClients:
         return msg.text
 
     def forget(self, address: str, grace: float) -> None:
-        """Close the channel to ``address``, letting calls in flight finish within ``grace`` s."""
+        """Close the channel and stream to ``address``, letting calls in flight finish within
+        ``grace`` s."""
         conn = self._connections.pop(address, None)
         if conn is not None:
-            task = asyncio.get_running_loop().create_task(conn.channel.close(grace))
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+            loop = asyncio.get_running_loop()
+            closing = [loop.create_task(conn.channel.close(grace))]
+            if conn.opening is not None:
+                conn.opening.cancel()
+            if conn.stream is not None:
+                closing.append(loop.create_task(conn.stream.close(grace)))
+            for task in closing:
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
-        """Close every channel now, cancelling calls in flight."""
+        """Close every channel and stream now, failing calls in flight."""
         connections, self._connections = list(self._connections.values()), {}
-        await asyncio.gather(*(c.channel.close() for c in connections), return_exceptions=True)
+        opening = [c.opening for c in connections if c.opening is not None]
+        for task in opening:
+            task.cancel()
+        await asyncio.gather(*(c.channel.close() for c in connections),
+                             *(c.stream.close() for c in connections if c.stream is not None),
+                             *opening, return_exceptions=True)
         for task in list(self._closing):
             task.cancel()
         await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+def _stream_failing(conn: _Connection) -> bool:
+    return (conn.stream is None or not conn.stream.alive) and time.monotonic() - conn.stream_failed_at < STREAM_RETRY_S
+
+
+def _timed_out(address: str, timeout: float) -> InvocationResult:
+    return InvocationResult(
+        outcome=Outcome.TIMEOUT, error_type="Lamina.InvokerTimeout",
+        error_message=f"invoker at {address} did not answer within {timeout:g} s",
+    )

@@ -162,3 +162,18 @@ DEPLOY_FORM = {
         },
     }
 }
+
+
+class FunctionUsageOut(BaseModel):
+    function: str
+    invocations: int
+    errors: int = Field(description="Invocations whose outcome was not success.")
+    cold_starts: int
+    billed_ms: int = Field(description="Sum of billed durations (each rounded up to 1 ms).")
+    gb_seconds: float = Field(description="Sum of memory (GB) × billed duration (s).")
+
+
+class UsageOut(BaseModel):
+    since: str = Field(description="Start of the window, ISO-8601 UTC (inclusive).")
+    until: str = Field(description="End of the window, ISO-8601 UTC (exclusive).")
+    functions: list[FunctionUsageOut] = Field(description="Functions with invocations in the window, by name.")

@@ -14,11 +14,15 @@ import logging
 import socket
 
 import uvicorn
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway import responses
 from gateway.app import create_app
 from gateway.balancer import Balancer
 from gateway.invokers import InvokerClients
 from gateway.metrics import GatewayMetrics
+from gateway.routes import http
 from lamina.controller_client import ControllerClient
 from lamina.core.settings import GatewaySettings
 from lamina.function_cache import FunctionCache
@@ -45,6 +49,53 @@ def _bind(host: str, port: int) -> socket.socket:
         raise
     sock.setblocking(False)
     return sock
+
+
+def function_url_fast_path(app: ASGIApp, metrics: GatewayMetrics) -> ASGIApp:
+    """``app`` with the function URLs (``/function/…``, the hot path) served straight by their
+    route, past FastAPI's middleware stack (error, exception, exit-stack and metrics
+    middlewares: ~5 await layers per message), with the same request metric and the same
+    500 body for an unexpected error. Everything else goes to ``app`` unchanged."""
+    routes = http.routes
+    methods = frozenset(http.METHODS)
+    requests = metrics.requests
+
+    async def fast_app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/function/") or scope["method"] not in methods:
+            await app(scope, receive, send)
+            return
+        for route in routes:
+            match, child_scope = route.matches(scope)
+            if match is Match.FULL:
+                break
+        else:
+            await app(scope, receive, send)
+            return
+        scope.update(child_scope)
+        scope["app"] = app
+        status = 0
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await route.handle(scope, receive, send_status)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if status:
+                raise
+            status = 500
+            body = responses.error_body("Internal", "internal error")
+            await send({"type": "http.response.start", "status": 500, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            requests.labels(http.TEMPLATE, scope["method"], str(status or 500)).inc()
+
+    return fast_app
 
 
 class GatewayServer:
@@ -77,7 +128,7 @@ class GatewayServer:
             metrics=self.metrics,
         )
         config = uvicorn.Config(
-            app, lifespan="off", access_log=False, log_config=None, server_header=False,
+            function_url_fast_path(app, self.metrics), lifespan="off", access_log=False, log_config=None, server_header=False,
             timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
         )
         config.load()

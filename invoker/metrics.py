@@ -10,11 +10,12 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from lamina.core.invocations import InvocationResult
+from lamina.core.records import InvocationRecord
 
 #: Seconds; from a warm 1 ms call to Lambda's 15-minute maximum.
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
-#: Seconds; a cold start is 10 ms (bare interpreter) to seconds (heavy imports).
-INIT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+#: Seconds; a cold start is 1 ms (a forked zygote) to seconds (heavy imports).
+INIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 class InvokerMetrics:
@@ -44,9 +45,23 @@ class InvokerMetrics:
             "unreachable for longer than the shipping buffer lasts.", registry=r)
         self.log_records_shipped = Counter(
             "lamina_invoker_log_records_shipped_total", "Log records delivered to the controller.", registry=r)
+        self.gb_seconds = Counter(
+            "lamina_invoker_gb_seconds_total", "Compute billed, in GB-seconds: the function's memory (GB) times "
+            "its billed duration (s, rounded up to 1 ms), by function.", ["function"], registry=r)
+        self.billed_duration = Histogram(
+            "lamina_invoker_billed_duration_seconds", "Billed duration per invocation (the handler's run time "
+            "rounded up to 1 ms, at least 1 ms), seconds.", ["function"], buckets=DURATION_BUCKETS, registry=r)
+        self.records_shipped = Counter(
+            "lamina_invoker_invocation_records_shipped_total", "Invocation records delivered to the controller.",
+            registry=r)
+        self.records_dropped = Counter(
+            "lamina_invoker_invocation_records_dropped_total", "Invocation records dropped because the "
+            "controller was unreachable for longer than the shipping buffer lasts (unbilled invocations).",
+            registry=r)
         self.isolation = Gauge(
-            "lamina_invoker_isolation_info", "Always 1; the label names the active isolation layers.",
-            ["layers"], registry=r)
+            "lamina_invoker_isolation_info", "Always 1; the labels name the isolation tier (A: cgroups, "
+            "namespaces, uid, seccomp…; B: unprivileged pod; C: processes only) and its active layers.",
+            ["tier", "layers"], registry=r)
 
     def observe(self, function: str, result: InvocationResult) -> None:
         """Record one finished invocation."""
@@ -57,6 +72,11 @@ class InvokerMetrics:
             self.cold_starts.labels(function).inc()
             if result.init_duration_ms:
                 self.init_duration.labels(function).observe(result.init_duration_ms / 1000)
+
+    def bill(self, record: InvocationRecord) -> None:
+        """Record what one finished invocation is billed."""
+        self.gb_seconds.labels(record.function).inc(record.gb_seconds)
+        self.billed_duration.labels(record.function).observe(record.billed_ms / 1000)
 
     def text(self) -> str:
         """The Prometheus text exposition of this registry."""

@@ -1,7 +1,7 @@
 """Warm workers, keyed by (function, revision).
 
-An invocation takes an idle worker of its key (warm) or starts a new one (cold); a worker
-serves one invocation at a time. After a success or a handled exception it goes back to
+An invocation takes an idle worker of its key (warm) or starts a new one (cold: the
+sandbox's spare slot forks it from a zygote); a worker serves one invocation at a time. After a success or a handled exception it goes back to
 idle; after an init error, a crash, an out-of-memory kill or a timeout it is discarded
 with its sandbox slot. A new revision or a delete of a function (from the function cache)
 stops the idle workers of older revisions; busy ones finish their invocation first.
@@ -69,7 +69,7 @@ class WorkerPool:
         """Run one invocation on a warm worker of ``spec`` or a new one; always a result.
 
         Raises ``LimitExceeded`` when a new worker would exceed the memory capacity and no
-        idle worker can be evicted, ``Unavailable`` when the sandbox cannot make a slot."""
+        idle worker can be evicted (a sandbox that cannot make a slot is a crashed result)."""
         worker = self._acquire(spec)
         self._busy.add(worker)
         self.metrics.in_flight.inc()
@@ -92,13 +92,8 @@ class WorkerPool:
                 return worker
             self._discard(worker)
         self._make_room(spec.memory_mb)
-        worker_id = uuid.uuid4().hex[:16]
-        try:
-            slot = self.sandbox.slot(worker_id, spec.memory_mb)
-        except OSError as exc:
-            raise Unavailable(f"invoker {self.invoker_id} cannot create a sandbox slot: {exc}") from exc
-        worker = Worker(spec, slot, log_sink=self._sink, log_cap_bytes=self._cap, invoker_id=self.invoker_id,
-                        worker_id=worker_id)
+        worker = Worker(spec, self.sandbox, log_sink=self._sink, log_cap_bytes=self._cap, invoker_id=self.invoker_id,
+                        worker_id=uuid.uuid4().hex[:16])
         self._members.add(worker)
         self._live[spec.function] += 1
         self._reserved_mb += spec.memory_mb

@@ -1,9 +1,9 @@
 """The invoker process: its gRPC server and the background tasks that keep it in the fleet.
 
 :class:`InvokerServer` wires the parts together (sandbox, pool, code cache, function cache,
-log shipper, metrics) from one ``InvokerSettings``; :func:`serve` runs it until SIGTERM or
-SIGINT. The controller may be away at start or later: registration, the function watch and
-log shipping retry with backoff, and warm traffic keeps flowing meanwhile.
+log and record shippers, metrics) from one ``InvokerSettings``; :func:`serve` runs it until
+SIGTERM or SIGINT. The controller may be away at start or later: registration, the function
+watch and shipping retry with backoff, and warm traffic keeps flowing meanwhile.
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ from invoker.codecache import CodeCache
 from invoker.logship import LogShipper
 from invoker.metrics import InvokerMetrics
 from invoker.pool import WorkerPool
+from invoker.records import RecordShipper
 from invoker.runtimes import Interpreters
 from invoker.sandboxes import Sandbox, probe
 from invoker.service import InvokerServicer
+from invoker.stream import InvokeStream, start_stream
 from lamina import wire
 from lamina.controller_client import ControllerClient
 from lamina.core.errors import LaminaError, Unavailable
@@ -65,14 +67,17 @@ class InvokerServer:
         self.functions: FunctionCache | None = None
         self._client: ControllerClient | None = None
         self._shipper: LogShipper | None = None
+        self._records: RecordShipper | None = None
         self._server: grpc.aio.Server | None = None
+        self._stream: InvokeStream | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         """Probe the sandbox (raising if the configured tier is unavailable), bind, serve,
         and start registering with the controller in the background."""
         s = self.settings
-        self.sandbox = probe(s.isolation, scope=f"lamina-{self.invoker_id}")
+        python = os.path.realpath(s.python) if s.python else None
+        self.sandbox = await asyncio.to_thread(probe, s.isolation, scope=f"lamina-{self.invoker_id}", python=python)
         try:
             await self._start(s, self.sandbox)
         except BaseException:
@@ -81,10 +86,11 @@ class InvokerServer:
 
     async def _start(self, s: InvokerSettings, sandbox: Sandbox) -> None:
         layers = sandbox.layers()
-        self.metrics.isolation.labels(layers).set(1)
+        self.metrics.isolation.labels(sandbox.tier, layers).set(1)
         self._client = ControllerClient(s.controller_url)
         self.functions = FunctionCache(self._client)
         self._shipper = LogShipper(self._client, self.metrics)
+        self._records = RecordShipper(self._client, self.metrics)
         self.pool = WorkerPool(sandbox, log_sink=self._shipper.submit, metrics=self.metrics,
                                invoker_id=self.invoker_id, log_cap_bytes=s.log_cap_bytes,
                                idle_timeout_s=s.idle_timeout_s, memory_capacity_mb=s.memory_capacity_mb)
@@ -92,7 +98,12 @@ class InvokerServer:
         code = CodeCache(s.data_dir.resolve() / "invoker-cache" / (s.invoker_id or "shared") / "code",
                          self._client)
         interpreters = await asyncio.to_thread(Interpreters, s.python)
-        servicer = InvokerServicer(self.invoker_id, layers, self.functions, code, self.pool, interpreters)
+        try:  # the first cold starts fork from zygotes that are already waiting
+            await sandbox.prewarm(interpreters.default_python)
+        except OSError as exc:
+            raise Unavailable(f"invoker cannot start its sandbox's zygotes: {exc}") from exc
+        servicer = InvokerServicer(self.invoker_id, layers, self.functions, code, self.pool, interpreters,
+                                   records=self._records.submit)
         self._server = grpc.aio.server(options=wire.SERVER_OPTIONS)
         pb_grpc.add_InvokerServicer_to_server(servicer, self._server)
         try:
@@ -102,10 +113,12 @@ class InvokerServer:
         if not self.port:
             raise Unavailable(f"invoker cannot listen on {s.invoker_listen}")
         self.address = s.invoker_advertise or _advertised(s.invoker_listen, self.port)
+        self._stream = await start_stream(servicer, s.invoker_stream_listen, s.invoker_listen, self.address)
         await self._server.start()
-        for job in (self.functions.run(), self._keep_registered(), self._shipper.run(), self.pool.run_reaper()):
+        for job in (self.functions.run(), self._keep_registered(), self._shipper.run(), self._records.run(),
+                    self.pool.run_reaper()):
             self._tasks.append(asyncio.create_task(job))
-        log.info("invoker %s serving on %s (isolation: %s)", self.invoker_id, self.address, layers)
+        log.info("invoker %s serving on %s (isolation %s)", self.invoker_id, self.address, layers)
 
     async def _keep_registered(self) -> None:
         """Register, then heartbeat; register again when the controller forgot us; back off
@@ -134,7 +147,10 @@ class InvokerServer:
 
     async def stop(self, grace: float | None = 5.0) -> None:
         """Stop serving (in-flight invocations get ``grace`` seconds), stop every worker,
-        ship the last logs, and remove the sandbox's cgroups. Idempotent."""
+        ship the last logs and records, and remove the sandbox's cgroups. Idempotent."""
+        if self._stream is not None:
+            await self._stream.close(grace)
+            self._stream = None
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
@@ -149,11 +165,14 @@ class InvokerServer:
         if self._shipper is not None:
             await self._shipper.flush(timeout=1.0)
             self._shipper = None
+        if self._records is not None:
+            await self._records.flush(timeout=1.0)
+            self._records = None
         if self._client is not None:
             await self._client.close()
             self._client = None
         if self.sandbox is not None:
-            self.sandbox.close()
+            await self.sandbox.close()
             self.sandbox = None
 
 

@@ -2,13 +2,16 @@
 
 A function's failure comes back as an ``InvokeResponse`` with its outcome; only platform
 errors (unknown function, controller unreachable, no capacity) are gRPC errors, mapped by
-``lamina.wire.grpc_status``.
+``lamina.wire.grpc_status``. Every invocation that ran (whatever its outcome) is billed
+here: one ``InvocationRecord`` to the record sink, and the billing metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
+from collections.abc import Callable
 
 import grpc
 
@@ -18,7 +21,9 @@ from invoker.runtimes import Interpreters
 from invoker.worker import WorkerSpec
 from lamina import wire
 from lamina.core.errors import LaminaError
+from lamina.core.functions import Function
 from lamina.core.invocations import InvocationResult, Outcome
+from lamina.core.records import InvocationRecord
 from lamina.function_cache import FunctionCache
 from lamina.rpc import invoker_pb2 as pb
 from lamina.rpc import invoker_pb2_grpc as pb_grpc
@@ -27,19 +32,35 @@ from lamina.rpc import invoker_pb2_grpc as pb_grpc
 class InvokerServicer(pb_grpc.InvokerServicer):
     """Invoke, Health and GetMetrics of one invoker."""
 
+    #: host:port of the invocation stream (``invoker.stream``), set once it listens.
+    stream_address = ""
+
     def __init__(self, invoker_id: str, isolation: str, functions: FunctionCache, code: CodeCache,
-                 pool: WorkerPool, interpreters: Interpreters) -> None:
+                 pool: WorkerPool, interpreters: Interpreters,
+                 records: Callable[[InvocationRecord], None] | None = None) -> None:
         self.invoker_id = invoker_id
         self.isolation = isolation
         self._functions = functions
         self._code = code
         self._pool = pool
         self._interpreters = interpreters
+        self._records = records
 
     async def invoke(self, function: str, revision: int, request_id: str, payload: bytes) -> InvocationResult:
-        """Run ``function`` (at least at ``revision``) once. Raises ``LaminaError`` for
-        platform failures only."""
+        """Run ``function`` (at least at ``revision``) once and bill it. Raises ``LaminaError``
+        for platform failures only (nothing ran, nothing is billed)."""
+        start = time.time()
+        request_id = request_id or str(uuid.uuid4())
         fn = await self._functions.resolve(function, min_revision=revision)
+        result = await self._run(fn, request_id, payload)
+        record = InvocationRecord.of(result, request_id=request_id, function=fn.name, revision=fn.revision,
+                                     memory_mb=fn.spec.memory_mb, start=start)
+        self._pool.metrics.bill(record)
+        if self._records is not None:
+            self._records(record)
+        return result
+
+    async def _run(self, fn: Function, request_id: str, payload: bytes) -> InvocationResult:
         runtime = fn.spec.runtime
         if runtime in self._interpreters:
             interpreter = self._interpreters.find(runtime)
@@ -56,7 +77,7 @@ class InvokerServicer(pb_grpc.InvokerServicer):
             return result
         code_dir = await self._code.ensure(fn.spec.code_sha256)
         spec = WorkerSpec.of(fn, code_dir, interpreter)
-        return await self._pool.invoke(spec, request_id or str(uuid.uuid4()), payload)
+        return await self._pool.invoke(spec, request_id, payload)
 
     async def Invoke(self, request: pb.InvokeRequest, context: grpc.aio.ServicerContext) -> pb.InvokeResponse:
         try:
@@ -68,7 +89,8 @@ class InvokerServicer(pb_grpc.InvokerServicer):
     async def Health(self, request: pb.InvokerHealthRequest,
                      context: grpc.aio.ServicerContext) -> pb.InvokerHealthResponse:
         return pb.InvokerHealthResponse(invoker_id=self.invoker_id, isolation=self.isolation,
-                                        in_flight=self._pool.in_flight, warm_workers=self._pool.warm_workers)
+                                        in_flight=self._pool.in_flight, warm_workers=self._pool.warm_workers,
+                                        stream_address=self.stream_address)
 
     async def GetMetrics(self, request: pb.InvokerMetricsRequest,
                          context: grpc.aio.ServicerContext) -> pb.InvokerMetricsResponse:

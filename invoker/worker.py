@@ -1,7 +1,8 @@
 """One worker: a runtime process that imports a handler once and runs it once at a time.
 
-The worker owns its process, the socket it speaks frames on (see
-``runtimes/python/bootstrap.py``), the pipes its stdout/stderr go to, and its sandbox slot.
+The worker owns its process (forked by its sandbox slot's zygote, see ``invoker/zygote.py``),
+the socket it speaks frames on (see ``runtimes/python/bootstrap.py``), the pipes its
+stdout/stderr go to, and its sandbox slot.
 :meth:`Worker.invoke` is the one place where whatever happened in the process becomes an
 :class:`InvocationResult`: a reply, or — when none came — a classification of why.
 """
@@ -22,11 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from invoker.logship import LogCapture
-from invoker.runtimes import PYTHON_BOOTSTRAP
-from invoker.sandboxes import Slot
+from invoker.runtimes import is_exec_runtime, launch_argv, runtime_dir
+from invoker.runtimes import node as node_runtime
+from invoker.sandboxes import Sandbox, Slot
+from invoker.sandboxes.sandbox import StemCell
+from invoker.sandboxes.slots import MAX_PIDS, Launch
+from invoker.zygote import decode_status
 from lamina.core.functions import Function
 from lamina.core.invocations import InvocationResult, Outcome
 from lamina.core.logs import LogRecord
+from lamina.core.records import billed_ms
 
 LogSink = Callable[[LogRecord], None]
 
@@ -53,21 +59,26 @@ class WorkerSpec:
     code_dir: Path
     interpreter: str
     environment: dict[str, str] = field(default_factory=dict)
+    #: The function's runtime name (``python3.11``, ``nodejs20``); empty means Python.
+    runtime: str = ""
+    #: ``internet`` or ``none`` (``lamina.core.functions.EGRESS``).
+    egress: str = "internet"
 
     @classmethod
     def of(cls, fn: Function, code_dir: Path, interpreter: str) -> WorkerSpec:
         s = fn.spec
         return cls(s.name, fn.revision, s.handler, s.memory_mb, s.timeout_s, code_dir, interpreter,
-                   dict(s.environment))
+                   dict(s.environment), s.runtime, s.egress)
 
     @property
     def arn(self) -> str:
         return f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{self.function}"
 
 
-def worker_environment(spec: WorkerSpec, worker_id: str) -> dict[str, str]:
+def worker_environment(spec: WorkerSpec, worker_id: str, task_root: str = "", runtime_root: str = "") -> dict[str, str]:
     """The worker's whole environment: the function's variables plus Lambda's, never the
-    invoker's own (the function's keys cannot shadow these: the spec validation reserves them)."""
+    invoker's own (the function's keys cannot shadow these: the spec validation reserves them).
+    ``task_root``/``runtime_root``: where the worker sees its code and runtime."""
     env = dict(spec.environment)
     env.update({
         "AWS_LAMBDA_FUNCTION_NAME": spec.function,
@@ -78,8 +89,8 @@ def worker_environment(spec: WorkerSpec, worker_id: str) -> dict[str, str]:
         "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
         "AWS_REGION": REGION,
         "AWS_DEFAULT_REGION": REGION,
-        "LAMBDA_TASK_ROOT": str(spec.code_dir),
-        "LAMBDA_RUNTIME_DIR": str(PYTHON_BOOTSTRAP.parent),
+        "LAMBDA_TASK_ROOT": task_root or str(spec.code_dir),
+        "LAMBDA_RUNTIME_DIR": runtime_root or str(runtime_dir(spec.runtime)),
         "_HANDLER": spec.handler,
         "TZ": ":UTC",
         "LANG": "C.UTF-8",
@@ -102,11 +113,13 @@ class Worker:
     """A runtime process in a sandbox slot. Not safe for two concurrent invocations: the
     pool hands a worker to one caller at a time."""
 
-    def __init__(self, spec: WorkerSpec, slot: Slot, *, log_sink: LogSink, log_cap_bytes: int,
+    def __init__(self, spec: WorkerSpec, sandbox: Sandbox, *, log_sink: LogSink, log_cap_bytes: int,
                  invoker_id: str = "", worker_id: str = "") -> None:
         self.spec = spec
         self.id = worker_id or uuid.uuid4().hex[:16]
-        self.slot = slot
+        self.sandbox = sandbox
+        #: The sandbox slot the process runs in; acquired at the cold start.
+        self.slot: Slot | None = None
         self.invoker_id = invoker_id
         #: False once the worker must not serve again (it failed, timed out or was stopped).
         self.reusable = True
@@ -114,19 +127,23 @@ class Worker:
         self.pid = 0
         self._sink = log_sink
         self._cap = log_cap_bytes
-        self._process: asyncio.subprocess.Process | None = None
+        self._exit: asyncio.Task[int | None] | None = None
+        self._returncode: int | None = None
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._pipes: dict[int, tuple[str, bytearray]] = {}
         self._capture: LogCapture | None = None
         self._request_id = ""
         self._oom_before = 0
+        self._pids_before = 0
+        #: The last bytes the runtime wrote to stderr (how V8 says it ran out of heap).
+        self._stderr_tail = b""
         self._peak = 0
         self._killed = False
 
     @property
     def started(self) -> bool:
-        return self._process is not None
+        return self.pid != 0
 
     # the invocation
 
@@ -151,7 +168,8 @@ class Worker:
                 result = self._from_reply(reply, body)
             except _NoReply as no_reply:
                 result = await self._failure(no_reply, "call")
-            return self._finish(result, cold, init_ms, (time.monotonic() - began) * 1000)
+            duration_ms = (time.monotonic() - began) * 1000
+            return self._finish(self._check_limits(result), cold, init_ms, duration_ms)
         except BaseException:
             # Cancelled mid-call (the caller went away): the process state is unknown.
             self.reusable = False
@@ -161,16 +179,40 @@ class Worker:
             self._capture = None
             self.last_used = time.monotonic()
 
+    def _check_limits(self, result: InvocationResult) -> InvocationResult:
+        """What the slot saw during the call overrides what the handler said: an OOM kill of
+        any process (a grandchild's too), a fork refused by the pids limit. Processes left
+        running (a double-forked daemon) end the worker: they are killed when it stops,
+        right after this invocation, and the next one is a cold start."""
+        slot = self.slot
+        if slot is None or not self.pid or result.outcome is Outcome.OUT_OF_MEMORY:
+            return result
+        if slot.oom_kills() > self._oom_before:
+            slot.dirty = True
+            self.reusable = False
+            return self._oom()
+        if slot.pids_limit_hits() > self._pids_before:
+            self.reusable = False
+            return InvocationResult(Outcome.CRASHED, error_type="Runtime.ProcessLimitExceeded",
+                                    error_message=f"Runtime exited with error: the function exceeded its limit of "
+                                                  f"{MAX_PIDS} processes and threads")
+        if self.reusable and slot.leftovers(self.pid):
+            self.reusable = False
+            self._platform("processes started by this invocation were still running at its end: they were "
+                           "stopped, and the next invocation starts a new worker")
+        return result
+
     def _finish(self, result: InvocationResult, cold: bool, init_ms: float, duration_ms: float) -> InvocationResult:
         self._drain()
-        self._peak = max(self._peak, self.slot.max_memory_bytes())
+        if self.slot is not None and self.pid:
+            self._peak = max(self._peak, self.slot.max_memory_bytes(self.pid))
         result.cold_start, result.init_duration_ms, result.duration_ms = cold, init_ms, duration_ms
         result.max_memory_used_mb = math.ceil(self._peak / (1024 * 1024))
         result.invoker_id = self.invoker_id
         rid = self._request_id
         self._platform(f"END RequestId: {rid}")
         report = (f"REPORT RequestId: {rid}\tDuration: {duration_ms:.2f} ms\tBilled Duration: "
-                  f"{math.ceil(duration_ms)} ms\tMemory Size: {self.spec.memory_mb} MB\t"
+                  f"{billed_ms(duration_ms)} ms\tMemory Size: {self.spec.memory_mb} MB\t"
                   f"Max Memory Used: {result.max_memory_used_mb} MB")
         self._platform(report + (f"\tInit Duration: {init_ms:.2f} ms" if cold else ""))
         assert self._capture is not None
@@ -200,64 +242,145 @@ class Worker:
     # the process
 
     async def _start(self) -> InvocationResult | None:
-        """Spawn, confine, INIT. None when the handler is ready, else the failed result."""
+        """Take a slot, have its zygote fork the confined worker, INIT. None when the handler
+        is ready, else the failed result."""
+        spec = self.spec
+        if is_exec_runtime(spec.runtime):
+            cell = self._stem_cell()
+            if cell is not None:
+                return await self._adopt(cell)
+        try:
+            self.slot = await self.sandbox.acquire(self.sandbox.zygote_interpreter(spec.interpreter, spec.runtime))
+        except OSError as exc:
+            self.reusable = False
+            return InvocationResult(Outcome.CRASHED, error_type="Runtime.SandboxError",
+                                    error_message=f"cannot make a sandbox slot: {exc}")
+        slot = self.slot
+        runtime = runtime_dir(spec.runtime)
+        task_root, runtime_root = self.sandbox.visible_paths(spec.code_dir, runtime)
+        env = worker_environment(spec, self.id, task_root, runtime_root)
+        launch = Launch(spec.code_dir, runtime, env, spec.memory_mb, spec.egress,
+                        launch_argv(spec.runtime, spec.interpreter, spec.memory_mb, runtime_root))
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
+        self._oom_before, self._pids_before = slot.oom_kills(), slot.pids_limit_hits()
+        init: dict[str, object] = {"type": "init", "handler": spec.handler}
+        if launch.exec_argv is not None:  # a stem cell learns its function from INIT
+            init.update(code_dir=task_root, environment=env)
+        raw = json.dumps(init).encode()
+        ours.sendall(_FRAME.pack(len(raw), 0) + raw)  # waits in the socket while the child confines
         try:
-            self._process = await asyncio.create_subprocess_exec(
-                self.spec.interpreter, "-I", "-S", "-u", str(PYTHON_BOOTSTRAP), str(theirs.fileno()),
-                cwd=self.spec.code_dir, env=worker_environment(self.spec, self.id), stdin=asyncio.subprocess.DEVNULL,
-                stdout=out_w, stderr=err_w, pass_fds=(theirs.fileno(),), start_new_session=True,
-            )
+            spawned = slot.spawn(launch, (theirs.fileno(), out_w, err_w))
         except OSError as exc:
             ours.close()
             for fd in (out_r, err_r):
                 os.close(fd)
             self.reusable = False
-            return InvocationResult(Outcome.FUNCTION_ERROR, error_type="Runtime.Unavailable",
-                                    error_message=f"cannot start {self.spec.interpreter}: {exc}")
+            return InvocationResult(Outcome.CRASHED, error_type="Runtime.SandboxError",
+                                    error_message=f"cannot start the worker: {exc}")
         finally:
             theirs.close()
             for fd in (out_w, err_w):
                 os.close(fd)
-        self.pid = self._process.pid
         loop = asyncio.get_running_loop()
         for fd, stream in ((out_r, "stdout"), (err_r, "stderr")):
             os.set_blocking(fd, False)
             self._pipes[fd] = (stream, bytearray())
             loop.add_reader(fd, self._read_pipe, fd)
         self._reader, self._writer = await asyncio.open_unix_connection(sock=ours)
+        # The INIT reply and the zygote's "spawned" race: neither waits for the other.
+        no_reply: _NoReply | None = None
         try:
-            # Confined before INIT, so the user's module is imported inside the limits.
-            self.slot.attach(self.pid)
-            self._oom_before = self.slot.oom_kills()
+            reply, body = await self._exchange(None)
+        except _NoReply as exc:
+            no_reply = exc
+        try:
+            async with asyncio.timeout(EXIT_GRACE_S):
+                self.pid = await spawned
+        except (OSError, TimeoutError) as exc:
+            self.reusable = False
+            return InvocationResult(Outcome.CRASHED, error_type="Runtime.SandboxError",
+                                    error_message=f"cannot start the worker: {exc}")
+        self._exit = loop.create_task(slot.wait_exit(self.pid))
+        if no_reply is not None:
+            return await self._failure(no_reply, "init")
+        return await self._initialised(reply, body)
+
+    def _stem_cell(self) -> StemCell | None:
+        """A started stem cell for this function's runtime and size (and ask for the next)."""
+        spec = self.spec
+        key = (spec.interpreter, spec.memory_mb, spec.egress)
+        runtime = runtime_dir(spec.runtime)
+        _, runtime_root = self.sandbox.visible_paths(spec.code_dir, runtime)
+        launch = Launch(None, runtime, {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "TZ": ":UTC"},
+                        spec.memory_mb, spec.egress, launch_argv(spec.runtime, spec.interpreter, spec.memory_mb,
+                                                                 runtime_root))
+        cell = self.sandbox.take_stem_cell(key)
+        self.sandbox.keep_stem_cells(key, launch)
+        return cell
+
+    async def _adopt(self, cell: StemCell) -> InvocationResult | None:
+        """Specialise a started stem cell: show it the code, INIT with code and environment."""
+        spec, slot = self.spec, cell.slot
+        self.slot, self.pid = slot, cell.pid
+        loop = asyncio.get_running_loop()
+        self._exit = loop.create_task(slot.wait_exit(self.pid))
+        self._oom_before, self._pids_before = slot.oom_kills(), slot.pids_limit_hits()
+        for fd, stream in ((cell.out_r, "stdout"), (cell.err_r, "stderr")):
+            os.set_blocking(fd, False)
+            self._pipes[fd] = (stream, bytearray())
+            loop.add_reader(fd, self._read_pipe, fd)
+        cell.channel.setblocking(True)
+        self._reader, self._writer = await asyncio.open_unix_connection(sock=cell.channel)
+        try:
+            await slot.show_code(spec.code_dir)
         except OSError as exc:
             await self._kill_and_wait()
             return InvocationResult(Outcome.CRASHED, error_type="Runtime.SandboxError",
-                                    error_message=f"cannot confine the worker: {exc}")
+                                    error_message=f"cannot show the code to the worker: {exc}")
+        task_root, runtime_root = self.sandbox.visible_paths(spec.code_dir, runtime_dir(spec.runtime))
+        env = worker_environment(spec, self.id, task_root, runtime_root)
         try:
-            reply, body = await self._exchange({"type": "init", "handler": self.spec.handler})
+            reply, body = await self._exchange({"type": "init", "handler": spec.handler, "code_dir": task_root,
+                                                "environment": env})
         except _NoReply as no_reply:
             return await self._failure(no_reply, "init")
+        return await self._initialised(reply, body)
+
+    async def _initialised(self, reply: dict, body: bytes) -> InvocationResult | None:
+        """None when INIT's reply says the handler is ready; else the failure (worker killed)."""
         if reply.get("type") == "init_ok":
             return None
-        result = self._from_reply(reply, body)
+        if reply.get("type") == "sandbox_error":
+            result = InvocationResult(Outcome.CRASHED, error_type="Runtime.SandboxError",
+                                      error_message=str(reply.get("errorMessage", "")))
+        else:
+            result = self._check_limits(self._from_reply(reply, body))
         await self._kill_and_wait()
         return result
 
-    async def _exchange(self, header: dict, body: bytes = b"") -> tuple[dict, bytes]:
+    async def _exchange(self, header: dict | None, body: bytes = b"") -> tuple[dict, bytes]:
+        """Send ``header`` + ``body`` (None: already sent), read the reply, within the timeout."""
         assert self._reader is not None and self._writer is not None
-        raw = json.dumps(header).encode()
         try:
             async with asyncio.timeout(self.spec.timeout_s):
-                self._writer.write(_FRAME.pack(len(raw), len(body)) + raw + body)
-                await self._writer.drain()
+                if header is not None:
+                    raw = json.dumps(header).encode()
+                    self._writer.write(_FRAME.pack(len(raw), len(body)) + raw + body)
+                    await self._writer.drain()
                 header_len, body_len = _FRAME.unpack(await self._reader.readexactly(_FRAME.size))
                 if header_len > 1024 * 1024 or body_len > MAX_REPLY_BYTES:
                     raise _NoReply("invalid", f"reply frame of {header_len}+{body_len} bytes")
                 reply = json.loads(await self._reader.readexactly(header_len))
-                return reply, await self._reader.readexactly(body_len) if body_len else b""
+                body = await self._reader.readexactly(body_len) if body_len else b""
+                while reply.get("type") == "ready":  # a Node stem cell announcing itself
+                    header_len, body_len = _FRAME.unpack(await self._reader.readexactly(_FRAME.size))
+                    if header_len > 1024 * 1024 or body_len > MAX_REPLY_BYTES:
+                        raise _NoReply("invalid", f"reply frame of {header_len}+{body_len} bytes")
+                    reply = json.loads(await self._reader.readexactly(header_len))
+                    body = await self._reader.readexactly(body_len) if body_len else b""
+                return reply, body
         except TimeoutError as exc:
             raise _NoReply("timeout") from exc
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
@@ -267,23 +390,26 @@ class Worker:
 
     async def _failure(self, no_reply: _NoReply, phase: str) -> InvocationResult:
         """Why no reply came, once the process is gone: OOM counter, our timeout, an exit."""
-        assert self._process is not None
+        slot = self.slot  # stop() (at shutdown) may release it while this runs
+        assert slot is not None and self._exit is not None
         self.reusable = False
-        self._peak = max(self._peak, self.slot.max_memory_bytes())
+        self._peak = max(self._peak, slot.max_memory_bytes(self.pid))
         if no_reply.kind == "closed":
             try:  # it closed the channel: let it finish exiting so its status is its own
-                await asyncio.wait_for(self._process.wait(), EXIT_GRACE_S)
+                await asyncio.wait_for(asyncio.shield(self._exit), EXIT_GRACE_S)
             except TimeoutError:
                 pass
         await self._kill_and_wait()
-        if self.slot.oom_kills() > self._oom_before:
+        if slot.oom_kills() > self._oom_before or (is_exec_runtime(self.spec.runtime)
+                                                   and node_runtime.is_out_of_memory(self._stderr_tail.decode(errors="replace"))):
+            slot.dirty = True
             return self._oom()
         timeout = self.spec.timeout_s
         if no_reply.kind == "timeout":
             message = (f"Task timed out during init after {timeout:.2f} seconds" if phase == "init"
                        else f"Task timed out after {timeout:.2f} seconds")
             return InvocationResult(Outcome.TIMEOUT, error_type="Sandbox.Timedout", error_message=message)
-        code = self._process.returncode
+        code = self._returncode
         if code is not None and code < 0:
             sig = -code
             try:
@@ -300,27 +426,24 @@ class Worker:
                                 error_message=f"Runtime exited with error: exit status {code}")
 
     async def _kill_and_wait(self) -> None:
-        """SIGKILL the whole process group (and the slot), then reap the runtime."""
+        """SIGKILL the worker and everything it started, then learn its exit status."""
         self.reusable = False
-        if self._process is None:
+        if not self.pid or self.slot is None or self._exit is None:
             return
-        if self._killed:
-            await self._process.wait()
-            return
-        self._killed = True
-        # Only once, and before the leader is reaped by us: a reaped pid may be reused, but
-        # not while it still names a process group with members.
-        for kill in (lambda: os.killpg(self.pid, signal.SIGKILL), self.slot.kill):
-            try:
-                kill()
-            except (ProcessLookupError, PermissionError):
-                pass
-        await self._process.wait()
+        if not self._killed:
+            self._killed = True
+            self.slot.kill(self.pid)  # also when it ended by itself: what it started may not have
+        try:
+            status = await asyncio.wait_for(asyncio.shield(self._exit), EXIT_GRACE_S * 2)
+        except TimeoutError:
+            status = None
+        self._returncode = decode_status(status) if status is not None else None
 
     async def stop(self) -> None:
-        """Kill the process and its group, release the pipes, socket and slot. Idempotent."""
+        """Kill the process and everything it started, release the pipes and socket, give
+        the slot back to the sandbox. Idempotent."""
         self.reusable = False
-        if self._process is not None:
+        if self.pid:
             await self._kill_and_wait()
             self._drain()
         for fd in list(self._pipes):
@@ -332,7 +455,9 @@ class Worker:
             except (ConnectionError, OSError):
                 pass
             self._writer = None
-        self.slot.destroy()
+        if self.slot is not None:
+            slot, self.slot = self.slot, None
+            await self.sandbox.release(slot)
 
     # logs
 
@@ -368,6 +493,8 @@ class Worker:
 
     def _feed(self, fd: int, data: bytes) -> None:
         stream, pending = self._pipes[fd]
+        if stream == "stderr":
+            self._stderr_tail = (self._stderr_tail + data)[-4096:]
         pending += data
         *lines, rest = pending.split(b"\n")
         for line in lines:
@@ -390,6 +517,8 @@ class Worker:
         os.close(fd)
 
     def _line(self, stream: str, raw: bytes) -> None:
+        if self._capture is not None and self._capture.truncated:
+            return  # over the cap: dropped unread, so a flood costs no decoding
         text = raw.decode("utf-8", "replace").rstrip("\r")
         shipped = text if self._capture is None else self._capture.add(text)
         if shipped is not None:

@@ -6,6 +6,8 @@ the ``LaminaError`` their ``{"error": {"code", "message"}}`` body names.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import json
 from collections.abc import Iterator
@@ -33,6 +35,8 @@ class InvokeResult:
     cold_start: bool = False
     duration_ms: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
+    #: The last 4 KB of the invocation's logs, decoded (with ``log_tail``; "" otherwise).
+    log_result: str = ""
 
     def json(self) -> Any:
         return json.loads(self.body) if self.body else None
@@ -96,11 +100,13 @@ class Client:
     def delete_function(self, name: str) -> None:
         self._request("DELETE", f"/api/v1/functions/{name}")
 
-    def invoke(self, name: str, payload: bytes = b"{}") -> InvokeResult:
-        response = self._request(
-            "POST", f"/api/v1/functions/{name}/invoke", content=payload,
-            headers={"Content-Type": "application/json"},
-        )
+    def invoke(self, name: str, payload: bytes = b"{}", *, log_tail: bool = False) -> InvokeResult:
+        """Invoke ``name`` synchronously; with ``log_tail`` the result carries the end of its
+        logs (the REPORT line included) in ``log_result``."""
+        headers = {"Content-Type": "application/json"}
+        if log_tail:
+            headers["X-Lamina-Log-Tail"] = "true"
+        response = self._request("POST", f"/api/v1/functions/{name}/invoke", content=payload, headers=headers)
         error = response.headers.get("x-lamina-function-error", "")
         if response.status_code >= 400 and not error:
             raise _error(response)
@@ -112,6 +118,7 @@ class Client:
             cold_start=response.headers.get("x-lamina-cold-start") == "true",
             duration_ms=float(response.headers.get("x-lamina-duration-ms") or 0),
             headers=dict(response.headers),
+            log_result=_decoded(response.headers.get("x-lamina-log-result", "")),
         )
 
     def logs(self, name: str, *, request_id: str = "", after_id: int = 0, limit: int = 200) -> list[dict[str, Any]]:
@@ -119,6 +126,20 @@ class Client:
         if request_id:
             params["request_id"] = request_id
         return self._request("GET", f"/api/v1/functions/{name}/logs", params=params).json()["records"]
+
+
+    def usage(self, since: str = "", until: str = "", function: str = "") -> dict[str, Any]:
+        """Usage per function: ``{"since", "until", "functions": [{function, invocations, errors,
+        cold_starts, billed_ms, gb_seconds}]}``. ``since``/``until``: 24h, 7d, ISO-8601 or unix seconds."""
+        params = {k: v for k, v in (("since", since), ("until", until), ("function", function)) if v}
+        return self._request("GET", "/api/v1/usage", params=params).json()
+
+
+def _decoded(log_result: str) -> str:
+    try:
+        return base64.b64decode(log_result, validate=True).decode("utf-8", "replace")
+    except (binascii.Error, ValueError):
+        return ""
 
 
 def pack_directory(directory: Path) -> bytes:

@@ -19,6 +19,7 @@ from lamina.core.fleet import InvokerInfo
 from lamina.core.functions import Function, FunctionSpec
 from lamina.core.keys import Principal
 from lamina.core.logs import LogRecord
+from lamina.core.records import FunctionUsage, InvocationRecord
 from lamina.rpc import controller_pb2 as pb
 from lamina.rpc import controller_pb2_grpc as pb_grpc
 
@@ -175,6 +176,24 @@ class ControllerClient:
         request = pb.QueryLogsRequest(function=function, request_id=request_id, after_id=after_id, limit=limit)
         msg = await self._call(self._stub.QueryLogs, request)
         return [_log_from_pb(r) for r in msg.records]
+
+    # invocation records
+
+    async def put_records(self, records: list[InvocationRecord]) -> None:
+        """Store the records; idempotent (a record already stored is ignored)."""
+        request = pb.PutRecordsRequest(records=[wire.record_to_pb(r) for r in records])
+        await self._call(self._stub.PutRecords, request)
+
+    async def query_usage(self, since: float = 0.0, until: float = 0.0, function: str = "") -> list[FunctionUsage]:
+        """Usage per function of the records started in [since, until) (0: unbounded), by name."""
+        request = pb.QueryUsageRequest(since=since, until=until, function=function)
+        msg = await self._call(self._stub.QueryUsage, request)
+        return [wire.usage_from_pb(u) for u in msg.usage]
+
+    async def query_records(self, function: str, limit: int = 0) -> list[InvocationRecord]:
+        """The newest ``limit`` records of ``function`` (0: 100), newest first."""
+        msg = await self._call(self._stub.QueryRecords, pb.QueryRecordsRequest(function=function, limit=limit))
+        return [wire.record_from_pb(r) for r in msg.records]
 
     async def get_metrics(self) -> str:
         return (await self._call(self._stub.GetMetrics, pb.GetMetricsRequest(), timeout=5)).text

@@ -12,6 +12,7 @@ import grpc
 from lamina.core import errors
 from lamina.core.functions import DEFAULT_EGRESS, Function, FunctionSpec
 from lamina.core.invocations import InvocationResult, Outcome
+from lamina.core.records import LATEST, FunctionUsage, InvocationRecord
 from lamina.rpc import controller_pb2 as cpb
 from lamina.rpc import invoker_pb2 as ipb
 
@@ -118,3 +119,38 @@ def result_from_pb(msg: ipb.InvokeResponse) -> InvocationResult:
         logs=msg.logs, duration_ms=msg.duration_ms, init_duration_ms=msg.init_duration_ms,
         cold_start=msg.cold_start, max_memory_used_mb=msg.max_memory_used_mb, invoker_id=msg.invoker_id,
     )
+
+
+def record_to_pb(r: InvocationRecord) -> cpb.InvocationRecord:
+    return cpb.InvocationRecord(
+        request_id=r.request_id, function=r.function, revision=r.revision, version=r.version,
+        invoker_id=r.invoker_id, start=r.start, duration_ms=r.duration_ms, billed_ms=r.billed_ms,
+        memory_mb=r.memory_mb, max_memory_used_mb=r.max_memory_used_mb, init_duration_ms=r.init_duration_ms,
+        cold_start=r.cold_start, outcome=r.outcome.value, error_type=r.error_type,
+    )
+
+
+def record_from_pb(msg: cpb.InvocationRecord) -> InvocationRecord:
+    """The record in ``msg``; ``InvalidSpec`` if its outcome is not an ``Outcome`` value."""
+    try:
+        outcome = Outcome(msg.outcome)
+    except ValueError as exc:
+        expected = ", ".join(o.value for o in Outcome)
+        raise errors.InvalidSpec(f"invalid outcome {msg.outcome!r}: expected one of {expected}") from exc
+    return InvocationRecord(
+        request_id=msg.request_id, function=msg.function, revision=msg.revision, version=msg.version or LATEST,
+        invoker_id=msg.invoker_id, start=msg.start, duration_ms=msg.duration_ms, billed_ms=msg.billed_ms,
+        memory_mb=msg.memory_mb, max_memory_used_mb=msg.max_memory_used_mb,
+        init_duration_ms=msg.init_duration_ms, cold_start=msg.cold_start, outcome=outcome,
+        error_type=msg.error_type,
+    )
+
+
+def usage_to_pb(u: FunctionUsage) -> cpb.FunctionUsage:
+    return cpb.FunctionUsage(function=u.function, invocations=u.invocations, errors=u.errors,
+                             cold_starts=u.cold_starts, billed_ms=u.billed_ms, gb_seconds=u.gb_seconds)
+
+
+def usage_from_pb(msg: cpb.FunctionUsage) -> FunctionUsage:
+    return FunctionUsage(function=msg.function, invocations=msg.invocations, errors=msg.errors,
+                         cold_starts=msg.cold_starts, billed_ms=msg.billed_ms, gb_seconds=msg.gb_seconds)

@@ -18,16 +18,18 @@ from controller.store.abc import (
     KeyRecord,
     KeyStore,
     LogStore,
+    RecordStore,
     Store,
 )
 from controller.store.database import Database
 from controller.store.functions import SQLFunctionStore
 from controller.store.logs import SQLLogStore
+from controller.store.records import SQLRecordStore
 from controller.store.registry import SQLInvokerRegistry, SQLKeyStore
 
 __all__ = [
-    "BlobIndex", "Change", "FunctionStore", "InvokerRegistry", "KeyRecord", "KeyStore", "LogStore", "SQLStore",
-    "Store",
+    "BlobIndex", "Change", "FunctionStore", "InvokerRegistry", "KeyRecord", "KeyStore", "LogStore", "RecordStore",
+    "SQLStore", "Store",
 ]
 
 
@@ -47,6 +49,7 @@ class SQLStore:
         self.keys: KeyStore = SQLKeyStore(self._db)
         self.invokers: InvokerRegistry = SQLInvokerRegistry(self._db, heartbeat_interval_s, clock)
         self.logs: LogStore = SQLLogStore(self._db)
+        self.records: RecordStore = SQLRecordStore(self._db)
 
     def close(self) -> None:
         """Release every database connection. Idempotent."""

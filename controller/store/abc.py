@@ -15,9 +15,11 @@ from typing import Protocol
 from lamina.core.fleet import InvokerInfo
 from lamina.core.functions import Function, FunctionSpec
 from lamina.core.logs import LogRecord
+from lamina.core.records import FunctionUsage, InvocationRecord
 
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000
 DEFAULT_LOG_LIMIT, MAX_LOG_LIMIT = 200, 1000
+DEFAULT_RECORD_LIMIT, MAX_RECORD_LIMIT = 100, 1000
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,21 @@ class LogStore(Protocol):
         1000 means 1000."""
 
 
+class RecordStore(Protocol):
+    def put_records(self, records: Sequence[InvocationRecord]) -> None:
+        """Append the records in one transaction. Idempotent per record: one whose
+        (request_id, start) is already stored is ignored, so a resent batch bills nothing twice."""
+
+    def query_usage(self, since: float = 0.0, until: float = 0.0, function: str = "") -> list[FunctionUsage]:
+        """Per function (ordered by name), the records that started in [since, until) summed;
+        ``until`` 0 means no upper bound, ``function`` "" every function. Functions without a
+        record in the window are absent. Negative bounds raise ``InvalidSpec``."""
+
+    def query_records(self, function: str, limit: int = 0) -> list[InvocationRecord]:
+        """The newest ``limit`` records of ``function``, newest first. ``limit`` 0 means 100,
+        more than 1000 means 1000."""
+
+
 class Store(Protocol):
     """Every role on one database, opened and closed as one."""
 
@@ -130,6 +147,7 @@ class Store(Protocol):
     keys: KeyStore
     invokers: InvokerRegistry
     logs: LogStore
+    records: RecordStore
 
     def close(self) -> None:
         """Release the database's connections. Idempotent."""

@@ -94,3 +94,30 @@ log_records = sa.Table(
     sa.Index("ix_log_records_function_id", "function", "id"),
     sa.Index("ix_log_records_request_id", "request_id"),
 )
+
+invocation_records = sa.Table(
+    "invocation_records",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(128), nullable=False),
+    sa.Column("function", sa.String(64), nullable=False),
+    sa.Column("revision", sa.BigInteger, nullable=False),
+    sa.Column("version", sa.String(32), nullable=False),
+    sa.Column("invoker_id", sa.String(128), nullable=False),
+    # Unix seconds when the invoker received the invocation.
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("duration_ms", sa.Float, nullable=False),
+    sa.Column("billed_ms", sa.BigInteger, nullable=False),
+    sa.Column("memory_mb", sa.Integer, nullable=False),
+    sa.Column("max_memory_used_mb", sa.Integer, nullable=False),
+    sa.Column("init_duration_ms", sa.Float, nullable=False),
+    sa.Column("cold_start", sa.Boolean, nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("error_type", sa.String(128), nullable=False),
+    # Usage of one function over a window, and its newest records.
+    sa.Index("ix_invocation_records_function_started_at", "function", "started_at"),
+    # Usage of every function over a window.
+    sa.Index("ix_invocation_records_started_at", "started_at"),
+    # A resent batch (its answer was lost) must not bill twice.
+    sa.Index("uq_invocation_records_request_id_started_at", "request_id", "started_at", unique=True),
+)

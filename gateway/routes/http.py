@@ -8,6 +8,10 @@ value becomes the response by API Gateway's rules (``gateway.events``).
 It is the hot path, so it is a plain Starlette route (no FastAPI dependency resolution, no
 OpenAPI entry), resolves the function from the gateway's cache and never calls the
 controller for a known function.
+
+The log tail (``X-Lamina-Log-Tail: true``) is the one exception to "no API key": logs may
+hold what the function must not show the public (tokens, user data), so asking for them
+needs a valid key in ``Authorization: Bearer``, checked before the function runs.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from starlette.routing import Route
 
 from gateway import events, responses
 from gateway.routes.invoke import read_body, resolve, run
-from lamina.core.errors import LaminaError
+from lamina.core.errors import LaminaError, Unauthenticated
 from lamina.core.invocations import InvocationResult, Outcome
 
 #: The route label of every function URL in the request metrics.
@@ -35,7 +39,10 @@ async def function_url(request: Request) -> Response:
     request_id = str(uuid.uuid4())
     state = request.app.state
     name = request.path_params["name"]
+    tail = responses.wants_log_tail(request.headers)
     try:
+        if tail:
+            await _authorize_log_tail(request)
         fn = await resolve(request, name)
         body = await read_body(request, state.settings.max_sync_payload_bytes)
         client = request.client
@@ -59,23 +66,32 @@ async def function_url(request: Request) -> Response:
         return responses.error_response(exc, {responses.REQUEST_ID: request_id})
 
     if not result.ok:
-        return responses.failed_http_response(result, request_id)
+        return responses.failed_http_response(result, request_id, log_tail=tail)
     try:
         reply = events.http_response(result.payload)
     except events.InvalidResponse as exc:
         invalid = InvocationResult(
             outcome=Outcome.FUNCTION_ERROR, error_type="Lamina.InvalidResponse", error_message=str(exc),
-            duration_ms=result.duration_ms, cold_start=result.cold_start,
+            logs=result.logs, duration_ms=result.duration_ms, cold_start=result.cold_start,
         )
-        return responses.failed_http_response(invalid, request_id)
+        return responses.failed_http_response(invalid, request_id, log_tail=tail)
     response = Response(reply.body, reply.status)
     raw = response.raw_headers
     # Raw pairs, so that several Set-Cookie (or any repeated header) stay separate lines.
     for key, value in reply.headers:
         raw.append((responses.header_bytes(key), responses.header_bytes(value)))
-    for key, value in responses.invocation_headers(result, request_id).items():
+    for key, value in responses.invocation_headers(result, request_id, log_tail=tail).items():
         raw.append((key.lower().encode("latin-1"), value.encode("latin-1")))
     return response
+
+
+async def _authorize_log_tail(request: Request) -> None:
+    """Raise ``Unauthenticated`` unless the request carries a valid API key."""
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise Unauthenticated(f"the log tail ({responses.LOG_TAIL}) of a function URL needs an API key: "
+                              "send 'Authorization: Bearer <key>'")
+    await request.app.state.auth.authenticate(key.strip())
 
 
 routes = [

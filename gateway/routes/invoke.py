@@ -63,7 +63,9 @@ async def run(
 @router.post(
     "/functions/{name}/invoke", summary="Invoke a function synchronously",
     responses={
-        200: {"description": "The function's JSON result.", "content": {"application/json": {}}},
+        200: {"description": "The function's JSON result. With the request header `X-Lamina-Log-Tail: true`, "
+              "`X-Lamina-Log-Result` carries the last 4 KB of its logs (base64), REPORT line included.",
+              "content": {"application/json": {}}},
         502: {"description": "The function failed: {errorType, errorMessage, stackTrace}; the error type is in "
               "the X-Lamina-Function-Error header."},
         504: {"description": "The function timed out."},
@@ -85,4 +87,4 @@ async def invoke(name: str, request: Request) -> Response:
         result = await run(state.balancer, state.metrics, fn, request_id, payload)
     except LaminaError as exc:
         return responses.error_response(exc, {responses.REQUEST_ID: request_id})
-    return responses.direct_response(result, request_id)
+    return responses.direct_response(result, request_id, log_tail=responses.wants_log_tail(request.headers))

@@ -1,99 +1,104 @@
 """Sandboxes: how a worker process is confined, chosen once at start by :func:`probe`.
 
-A :class:`Sandbox` belongs to one invoker and hands out one :class:`Slot` per worker. The
-worker spawns its process, calls :meth:`Slot.attach` *before* it sends INIT (so the user's
-module is imported already confined), asks the slot after an abnormal exit whether the
-memory limit killed it, and destroys the slot when it discards the worker.
+Three tiers (docs/sandbox.md, SANDBOX.md), strongest first:
 
-Implementations, strongest first: ``CgroupSandbox`` (memory limit through a cgroup v1
-memory controller, or v2 where a writable one is delegated) and ``RlimitSandbox``
-(``RLIMIT_AS``; not a security boundary). Later tiers (namespaces, uid drop, Landlock,
-seccomp, zygotes — see SANDBOX.md) are further implementations of the same two protocols.
+- **A** (``strict``) — root on a VM: per slot a memory and pids cgroup, a uid of its own
+  and a zygote already inside those cgroups; per worker new PID/mount/IPC/UTS (and, without
+  egress, network) namespaces, a read-only private root with the code at ``/var/task`` and
+  a size-capped ``/tmp``, rlimits, no_new_privs, Landlock, a seccomp deny-list, and an
+  nftables filter keeping workers off the host's own addresses.
+- **B** (``pod``) — an unprivileged container: rlimits, Landlock, seccomp and an RSS
+  watchdog; the pod's own limits and policies are the boundary.
+- **C** (``process``) — rlimits and the watchdog only: *not a security boundary*.
+
+``auto`` picks A when its core (cgroups, namespaces, uid switching) is available, else B
+when Landlock or seccomp is, else C; the others fail at start naming the missing layer.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Protocol
 
+from invoker.sandboxes.probe import (
+    CGROUP_MEMORY,
+    CGROUP_PIDS,
+    LANDLOCK,
+    NAMESPACES,
+    NETNS,
+    NFTABLES,
+    SECCOMP,
+    UID,
+    HostLayers,
+    probe_host,
+)
+from invoker.sandboxes.sandbox import ZygoteSandbox
+from invoker.sandboxes.slots import ZygoteSlot
 from lamina.core.errors import InvalidSpec, Unavailable
 
 log = logging.getLogger(__name__)
 
-ISOLATION_CHOICES = ("auto", "cgroup", "process")
+ISOLATION_CHOICES = ("auto", "strict", "pod", "process")
+#: What each tier needs; ``strict`` needs every layer, ``pod`` its own two.
+TIER_A_CORE = (CGROUP_MEMORY, CGROUP_PIDS, NAMESPACES, UID)
+TIER_A_ALL = (*TIER_A_CORE, NETNS, LANDLOCK, SECCOMP, NFTABLES)
+TIER_B = (LANDLOCK, SECCOMP)
+
+#: The sandbox and slot types the pool and workers use (one implementation, three tiers).
+Sandbox = ZygoteSandbox
+Slot = ZygoteSlot
+__all__ = ["ISOLATION_CHOICES", "Sandbox", "Slot", "ZygoteSandbox", "choose_tier", "probe"]
 
 
-class Slot(Protocol):
-    """The confinement of one worker process (and anything it forks)."""
-
-    memory_mb: int
-
-    def attach(self, pid: int) -> None:
-        """Confine the running process ``pid``; called once, before the handler is imported.
-
-        Raises ``OSError`` if the process cannot be confined (the worker is then discarded).
-        """
-
-    def oom_kills(self) -> int:
-        """How many processes the memory limit has killed so far (0 where not observable).
-
-        A worker compares the value before and after an abnormal exit. Never raises."""
-
-    def max_memory_bytes(self) -> int:
-        """Peak memory of the confined processes so far, 0 when unknown. Never raises."""
-
-    def kill(self) -> None:
-        """SIGKILL every process in the slot, including ones that left the process group.
-
-        Idempotent; never raises. Does not wait."""
-
-    def destroy(self) -> None:
-        """Release the slot (remove its cgroup). Call after the processes exited.
-
-        Idempotent; never raises (a leftover is logged)."""
+def _missing(host: HostLayers, layers: tuple[str, ...]) -> list[str]:
+    return [f"{layer} ({host.missing[layer]})" for layer in layers if not host.has(layer)]
 
 
-class Sandbox(Protocol):
-    """One invoker's confinement mechanism."""
-
-    def layers(self) -> str:
-        """The active isolation layers, comma-separated, e.g. ``process,rlimit-as``.
-
-        Reported by Health and the ``lamina_invoker_isolation_info`` metric."""
-
-    def slot(self, worker_id: str, memory_mb: int) -> Slot:
-        """A new slot limiting its processes to ``memory_mb`` MB.
-
-        Raises ``OSError`` when the slot cannot be created. Safe to call concurrently from
-        the event loop (it does no awaiting)."""
-
-    def close(self) -> None:
-        """Remove what the sandbox created at start (the invoker's parent cgroup).
-
-        Call after every slot was destroyed. Idempotent; never raises."""
-
-
-def probe(isolation: str = "auto", *, scope: str = "lamina") -> Sandbox:
-    """The sandbox for the configured ``isolation`` (``LAMINA_ISOLATION``).
-
-    ``auto`` picks the strongest tier the host permits; ``cgroup`` raises
-    :class:`Unavailable` when no writable cgroup memory controller exists (a configured tier
-    never silently degrades); ``process`` uses rlimits only. ``scope`` names the invoker's
-    parent cgroup (one per invoker, so two invokers on a host never collide).
-    """
-    from invoker.sandboxes.cgroup import CgroupSandbox
-    from invoker.sandboxes.rlimit import RlimitSandbox
-
+def choose_tier(isolation: str, host: HostLayers) -> str:
+    """``"A"``, ``"B"`` or ``"C"`` for the configured ``isolation``; raises ``Unavailable``
+    naming each missing layer when a configured tier cannot be had."""
     if isolation not in ISOLATION_CHOICES:
         raise InvalidSpec(f"setting LAMINA_ISOLATION={isolation!r} is invalid: expected one of "
                           f"{', '.join(ISOLATION_CHOICES)}")
     if isolation == "process":
-        return RlimitSandbox()
-    try:
-        return CgroupSandbox.create(scope)
-    except OSError as exc:
-        if isolation == "cgroup":
-            raise Unavailable(f"isolation 'cgroup' is configured but unavailable: {exc}") from exc
-        log.warning("no writable cgroup memory controller (%s): workers are limited by rlimits only, "
-                    "which is not a security boundary", exc)
-        return RlimitSandbox()
+        return "C"
+    if isolation == "strict":
+        missing = _missing(host, TIER_A_ALL)
+        if missing:
+            raise Unavailable(f"isolation 'strict' is configured but unavailable: missing {'; '.join(missing)}")
+        return "A"
+    if isolation == "pod":
+        missing = _missing(host, TIER_B)
+        if missing:
+            raise Unavailable(f"isolation 'pod' is configured but unavailable: missing {'; '.join(missing)}")
+        return "B"
+    if not _missing(host, TIER_A_CORE):
+        return "A"
+    if host.has(LANDLOCK) or host.has(SECCOMP):
+        return "B"
+    return "C"
+
+
+def probe(isolation: str = "auto", *, scope: str = "lamina", tmp_mb: int | None = None,
+          host: HostLayers | None = None, python: str | None = None) -> ZygoteSandbox:
+    """The sandbox for ``isolation`` (``LAMINA_ISOLATION``: auto, strict, pod, process).
+
+    ``scope`` names the invoker's parent cgroups and egress table (one per invoker, so two
+    invokers on a host never collide). Raises ``InvalidSpec`` for an unknown value and
+    ``Unavailable`` when the configured tier is not available here."""
+    if isolation not in ISOLATION_CHOICES:
+        choose_tier(isolation, HostLayers())
+    host = host or probe_host(python)
+    tier = choose_tier(isolation, host)
+    box = ZygoteSandbox.create(tier, host, scope=scope, tmp_mb=tmp_mb, python=python)
+    if isolation == "strict" and box.missing:
+        box.close_now()
+        raise Unavailable(f"isolation 'strict' is configured but unavailable: missing {'; '.join(box.missing)}")
+    if tier == "A" and box.missing:
+        log.warning("isolation tier A without %s", "; ".join(box.missing))
+    elif tier == "B":
+        log.warning("isolation tier B (no cgroups or namespaces here): rlimits, Landlock, seccomp and a "
+                    "memory watchdog; the container around the invoker must be the boundary")
+    elif tier == "C":
+        log.warning("isolation tier C: workers are separate processes under rlimits and a memory watchdog, "
+                    "which is NOT a security boundary")
+    return box

@@ -1,6 +1,6 @@
-"""The cgroup tier: a memory-limited cgroup per worker, under one parent cgroup per invoker.
+"""cgroups of the sandbox slots: memory (+ pids) per slot, under one parent per invoker.
 
-The parent is created *below the invoker's own cgroup* (read from ``/proc/self/cgroup``),
+The parents are created *below the invoker's own cgroups* (read from ``/proc/self/cgroup``),
 so whatever bounds the invoker — a systemd unit, a container, a Kubernetes pod — also
 bounds every worker, and two invokers on a host never share a parent. cgroup v1's memory
 controller is used where it is mounted and writable; otherwise cgroup v2 where the memory
@@ -13,6 +13,7 @@ killer looks exactly like our own timeout kill (SANDBOX.md).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -21,8 +22,6 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-from invoker.sandboxes.rlimit import limit_process, peak_rss_bytes
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +67,16 @@ def _join(point: str, root: str, own: str) -> Path:
     rel = os.path.relpath(own, root) if own.startswith(root) else "."
     path = Path(point) / rel
     return path if path.is_dir() else Path(point)
+
+
+def find_pids() -> Path:
+    """The invoker's own writable cgroup v1 ``pids`` directory; raise ``OSError`` when none."""
+    for root, point, fstype, options in _mounts():
+        if fstype == "cgroup" and "pids" in options.split(","):
+            own = _join(point, root, _own_path("pids"))
+            if os.access(own, os.W_OK):
+                return own
+    raise OSError(errno.ENOTSUP, "no writable cgroup v1 pids controller")
 
 
 def find_hierarchy() -> Hierarchy:
@@ -140,94 +149,140 @@ def _remove(directory: Path) -> bool:
     return False
 
 
-class CgroupSlot:
-    """One worker's memory cgroup."""
+def _write(path: Path, value: int | str) -> None:
+    path.write_text(str(value))
 
-    def __init__(self, hierarchy: Hierarchy, directory: Path, memory_mb: int) -> None:
-        self.memory_mb = memory_mb
-        self.directory = directory
+
+class SlotCgroups:
+    """The memory and pids cgroups of one slot; its zygote joins them once, at start, and
+    the workers it forks inherit them (no attach on the hot path: SANDBOX.md)."""
+
+    def __init__(self, hierarchy: Hierarchy, memory_dir: Path, pids_dir: Path | None) -> None:
+        self.memory_dir = memory_dir
+        self.pids_dir = pids_dir
         self._v = hierarchy.version
-        self._pid = 0
-        limit = memory_mb * 1024 * 1024
-        directory.mkdir()
-        try:
-            if self._v == 1:
-                (directory / "memory.limit_in_bytes").write_text(str(limit))
-                try:  # charge what the runtime allocated before attach to the worker, too
-                    (directory / "memory.move_charge_at_immigrate").write_text("3")
-                except OSError:
-                    pass
-                try:  # memory+swap equal to memory: the limit cannot be dodged by swapping
-                    (directory / "memory.memsw.limit_in_bytes").write_text(str(limit))
-                except OSError:
-                    pass  # swap accounting disabled: there is nothing to dodge with
-            else:
-                (directory / "memory.max").write_text(str(limit))
-                try:
-                    (directory / "memory.swap.max").write_text("0")
-                except OSError:
-                    pass
-        except OSError:
-            _remove(directory)
-            raise
+        self._limits = (0, 0)
+        for directory in (memory_dir, pids_dir):
+            if directory is not None:
+                if directory.exists():
+                    _kill_all(directory)
+                    _remove(directory)
+                directory.mkdir()
 
-    def attach(self, pid: int) -> None:
-        self._pid = pid
-        limit_process(pid)
-        (self.directory / "cgroup.procs").write_text(str(pid))
+    def join(self, pid: int) -> None:
+        """Move ``pid`` (the zygote) into both cgroups. Slow after idle (RCU): not hot."""
+        for directory in (self.memory_dir, self.pids_dir):
+            if directory is not None:
+                _write(directory / "cgroup.procs", pid)
+
+    def limit(self, memory_bytes: int, pids: int) -> None:
+        """Set the limits for the next worker and reset the peak. Raises ``OSError``."""
+        m = self.memory_dir
+        if self._limits == (memory_bytes, pids):  # the common case: the same size again
+            if self._v == 1:
+                with contextlib.suppress(OSError):
+                    _write(m / "memory.max_usage_in_bytes", 0)
+            return
+        self._limits = (memory_bytes, pids)
+        if self._v == 1:
+            # memory+swap must stay >= memory: raise memsw first, lower it last.
+            for name in ("memory.memsw.limit_in_bytes", "memory.limit_in_bytes", "memory.memsw.limit_in_bytes"):
+                try:
+                    _write(m / name, memory_bytes)
+                except FileNotFoundError:
+                    pass  # swap accounting disabled: there is nothing to dodge with
+                except OSError as exc:
+                    if name != "memory.memsw.limit_in_bytes" or exc.errno != errno.EINVAL:
+                        raise
+            with contextlib.suppress(OSError):
+                _write(m / "memory.max_usage_in_bytes", 0)
+        else:
+            _write(m / "memory.max", memory_bytes)
+            with contextlib.suppress(OSError):
+                _write(m / "memory.swap.max", 0)
+        if self.pids_dir is not None:
+            _write(self.pids_dir / "pids.max", pids)
+
+    def usage_bytes(self) -> int:
+        name = "memory.usage_in_bytes" if self._v == 1 else "memory.current"
+        try:
+            return int((self.memory_dir / name).read_text())
+        except (OSError, ValueError):
+            return 0
 
     def oom_kills(self) -> int:
         if self._v == 1:
-            return _read_key(self.directory / "memory.oom_control", "oom_kill")
-        return _read_key(self.directory / "memory.events", "oom_kill")
+            return _read_key(self.memory_dir / "memory.oom_control", "oom_kill")
+        return _read_key(self.memory_dir / "memory.events", "oom_kill")
+
+    def pids_limit_hits(self) -> int:
+        """How often a fork failed on ``pids.max`` (``pids.events``: ``max``)."""
+        return _read_key(self.pids_dir / "pids.events", "max") if self.pids_dir is not None else 0
 
     def max_memory_bytes(self) -> int:
         name = "memory.max_usage_in_bytes" if self._v == 1 else "memory.peak"
         try:
-            peak = int((self.directory / name).read_text())
+            return int((self.memory_dir / name).read_text())
         except (OSError, ValueError):
-            peak = 0
-        # The runtime's own peak covers kernels where the cgroup's is missing (v2 < 5.19).
-        return max(peak, peak_rss_bytes(self._pid) if self._pid else 0)
+            return 0
 
-    def kill(self) -> None:
-        _kill_all(self.directory)
+    def processes(self) -> list[int]:
+        """Processes (not threads) in the slot, its zygote included."""
+        return _pids(self.memory_dir)
 
-    def destroy(self) -> None:
-        _remove(self.directory)
+    def kill(self, spare: tuple[int, ...] = ()) -> None:
+        """SIGKILL every process in the slot but ``spare``; repeat while a fork races us."""
+        for _ in range(100):
+            victims = [pid for pid in self.processes() if pid not in spare]
+            if not victims:
+                return
+            for pid in victims:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.001)
+
+    def remove(self) -> None:
+        for directory in (self.memory_dir, self.pids_dir):
+            if directory is not None:
+                _remove(directory)
 
 
-class CgroupSandbox:
-    """Per-worker memory cgroups under ``<own cgroup>/<scope>``."""
+class CgroupTree:
+    """The invoker's parent cgroups (``<own>/<scope>`` in memory and pids), holding slots."""
 
-    def __init__(self, hierarchy: Hierarchy, parent: Path) -> None:
+    def __init__(self, hierarchy: Hierarchy, memory_parent: Path, pids_parent: Path | None) -> None:
         self.hierarchy = hierarchy
-        self.parent = parent
+        self.parent = memory_parent
+        self.pids_parent = pids_parent
 
     @classmethod
-    def create(cls, scope: str) -> CgroupSandbox:
-        """Find the hierarchy and create the parent cgroup (clearing one a crashed invoker
-        with the same scope left behind); raise ``OSError`` when that is not possible."""
+    def create(cls, scope: str, *, pids: bool = True) -> CgroupTree:
+        """Create the parents (clearing what a crashed invoker with the same scope left
+        behind); raise ``OSError`` when that is not possible."""
         hierarchy = find_hierarchy()
-        parent = hierarchy.own / _UNSAFE.sub("_", scope)
-        if parent.exists():
-            for child in (p for p in parent.iterdir() if p.is_dir()):
-                _kill_all(child)
-                _remove(child)
-        else:
-            parent.mkdir()
+        name = _UNSAFE.sub("_", scope)
+        parents = [hierarchy.own / name] + ([find_pids() / name] if pids and hierarchy.version == 1 else [])
+        for parent in parents:
+            if parent.exists():
+                for child in (p for p in parent.iterdir() if p.is_dir()):
+                    _kill_all(child)
+                    _remove(child)
+            else:
+                parent.mkdir()
         if hierarchy.version == 2:
-            (parent / "cgroup.subtree_control").write_text("+memory")
-        return cls(hierarchy, parent)
+            (parents[0] / "cgroup.subtree_control").write_text("+memory")
+        return cls(hierarchy, parents[0], parents[1] if len(parents) > 1 else None)
 
-    def layers(self) -> str:
-        return f"process,cgroup-v{self.hierarchy.version}-memory,rlimit-core-nofile"
-
-    def slot(self, worker_id: str, memory_mb: int) -> CgroupSlot:
-        return CgroupSlot(self.hierarchy, self.parent / _UNSAFE.sub("_", worker_id), memory_mb)
+    def slot(self, name: str) -> SlotCgroups:
+        name = _UNSAFE.sub("_", name)
+        return SlotCgroups(self.hierarchy, self.parent / name,
+                           self.pids_parent / name if self.pids_parent is not None else None)
 
     def close(self) -> None:
-        for child in (p for p in self.parent.iterdir() if p.is_dir()) if self.parent.exists() else ():
-            _kill_all(child)
-            _remove(child)
-        _remove(self.parent)
+        for parent in (self.parent, self.pids_parent):
+            if parent is None:
+                continue
+            for child in (p for p in parent.iterdir() if p.is_dir()) if parent.exists() else ():
+                _kill_all(child)
+                _remove(child)
+            _remove(parent)

@@ -1,4 +1,4 @@
-"""The developer's commands: deploy, invoke, list, describe, delete, logs.
+"""The developer's commands: deploy, invoke, list, describe, delete, logs, usage.
 
 They talk to the gateway at ``LAMINA_URL`` with ``LAMINA_API_KEY`` (default: the admin key
 file of ``./.lamina``), through ``lamina.client``.
@@ -7,6 +7,7 @@ file of ``./.lamina``), through ``lamina.client``.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -89,6 +90,16 @@ def _payload(text: str | None) -> bytes:
     return data
 
 
+def _amount(value: float) -> str:
+    """``value`` to 6 significant digits, positional (a cost of 3.3e-08 reads 0.000000033)."""
+    if value <= 0:
+        return "0"
+    decimals = max(2, 5 - math.floor(math.log10(value)))
+    text = f"{value:.{decimals}f}"
+    whole, _, fraction = text.partition(".")
+    return f"{whole}.{fraction.rstrip('0').ljust(2, '0')}"
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def deploy(
@@ -137,15 +148,21 @@ def register(app: typer.Typer) -> None:
     def invoke(
         name: str,
         payload: Annotated[str | None, typer.Option("--payload", "-p", help="JSON event or @file")] = None,
+        log_tail: Annotated[bool, typer.Option("--log-tail", help="Print the last 4 KB of the invocation's logs "
+                                               "and its REPORT line to stderr")] = False,
         url: Url = DEFAULT_URL,
         api_key: ApiKey = None,
     ) -> None:
         """Invoke NAME with a JSON event; print its result (exit 1 if the function failed)."""
         try:
             with _client(url, api_key) as client:
-                result = client.invoke(name, _payload(payload))
+                result = client.invoke(name, _payload(payload), log_tail=log_tail)
         except LaminaError as exc:
             raise _fail(exc) from exc
+        if log_tail and result.log_result:
+            # stderr, so that stdout stays exactly the result (pipeable to jq).
+            sys.stderr.write(result.log_result if result.log_result.endswith("\n") else result.log_result + "\n")
+            sys.stderr.flush()
         if result.function_error:
             body = result.json() or {}
             err.print(f"[red]{result.function_error}:[/] {body.get('errorMessage', '')}", highlight=False)
@@ -214,3 +231,44 @@ def register(app: typer.Typer) -> None:
             raise _fail(exc) from exc
         except KeyboardInterrupt:
             return
+
+    @app.command()
+    def usage(
+        since: Annotated[str, typer.Option("--since", help="30m, 24h, 7d, an ISO-8601 date or time, or unix "
+                                           "seconds")] = "24h",
+        until: Annotated[str | None, typer.Option("--until", help="Same forms as --since [default: now]")] = None,
+        function: Annotated[str | None, typer.Option("--function", "-f", help="Only this function")] = None,
+        price: Annotated[float | None, typer.Option("--price", min=0.0, help="Price per GB-second, to show a "
+                                                    "COST column (e.g. 0.0000166667)")] = None,
+        url: Url = DEFAULT_URL,
+        api_key: ApiKey = None,
+    ) -> None:
+        """Invocations, errors, cold starts, billed time and GB-seconds per function."""
+        try:
+            with _client(url, api_key) as client:
+                report = client.usage(since, until or "", function or "")
+        except LaminaError as exc:
+            raise _fail(exc) from exc
+        rows = report["functions"]
+        window = f"{report['since']} to {report['until']}"
+        if not rows:
+            out.print(f"no invocations from {window}", highlight=False)
+            return
+        columns = ["FUNCTION", "INVOCATIONS", "ERRORS", "COLD STARTS", "BILLED (s)", "GB-s"]
+        table = Table(*columns, *(["COST"] if price is not None else []), title=f"Usage from {window}",
+                      show_footer=len(rows) > 1)
+        for column in table.columns[1:]:
+            column.justify = "right"
+        totals = {k: sum(r[k] for r in rows) for k in ("invocations", "errors", "cold_starts", "billed_ms",
+                                                        "gb_seconds")}
+        for row in [*rows, {"function": "TOTAL", **totals}]:
+            cells = [row["function"], str(row["invocations"]), str(row["errors"]), str(row["cold_starts"]),
+                     f"{row['billed_ms'] / 1000:.3f}", _amount(row["gb_seconds"])]
+            if price is not None:
+                cells.append(_amount(row["gb_seconds"] * price))
+            if row["function"] == "TOTAL":
+                for column, cell in zip(table.columns, cells, strict=True):
+                    column.footer = cell
+            else:
+                table.add_row(*cells)
+        out.print(table)

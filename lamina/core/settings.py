@@ -101,6 +101,15 @@ class InvokerSettings(CommonSettings):
     """LAMINA_INVOKER_ADVERTISE: host:port the invoker registers, for the gateway to dial.
     Empty means the listen address (right when everything runs on one machine)."""
 
+    invoker_stream_listen: str = ""
+    """LAMINA_INVOKER_STREAM_LISTEN: host:port of the invocation stream, the hot path on
+    which the gateway sends Invoke as length-prefixed protobuf frames over one persistent
+    TCP connection (a gRPC call costs 0.4-0.6 ms more here; docs/performance.md). Empty
+    means the host of LAMINA_INVOKER_LISTEN on a port the OS picks: the invoker advertises
+    it in Health (host of LAMINA_INVOKER_ADVERTISE when set), so nothing needs configuring
+    and several invokers share a machine. Name a port where a firewall must allow it; `off`
+    disables the stream (the gateway then invokes over gRPC)."""
+
     invoker_id: str = ""
     """LAMINA_INVOKER_ID: this invoker's name in the fleet. Empty means hostname-pid."""
 
@@ -120,9 +129,13 @@ class InvokerSettings(CommonSettings):
     own interpreter binary (workers run it isolated, `-I -S`, never importing Lamina)."""
 
     isolation: str = "auto"
-    """LAMINA_ISOLATION: `auto` picks the strongest layers the host permits; `cgroup`
-    requires a writable cgroup memory controller (start fails without one); `process`
-    uses rlimits only."""
+    """LAMINA_ISOLATION: how workers are confined (docs/sandbox.md). `auto` picks the
+    strongest tier the host permits; `strict` is tier A — per-worker memory+pids cgroups,
+    its own uid, PID/mount/IPC/UTS (and, without egress, network) namespaces, read-only root
+    and code, private /tmp, Landlock, seccomp, the nftables egress filter — and start fails
+    naming any missing layer; `pod` is tier B (rlimits, Landlock, seccomp, a memory
+    watchdog: for unprivileged containers); `process` is tier C (rlimits and the watchdog;
+    not a security boundary). `auto` because the right tier depends on the host."""
 
 
 def _parse(value: str, kind: Any, key: str) -> Any:

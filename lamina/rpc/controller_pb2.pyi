@@ -282,6 +282,94 @@ class QueryLogsResponse(_message.Message):
     records: _containers.RepeatedCompositeFieldContainer[LogRecord]
     def __init__(self, records: _Optional[_Iterable[_Union[LogRecord, _Mapping]]] = ...) -> None: ...
 
+class InvocationRecord(_message.Message):
+    __slots__ = ("request_id", "function", "revision", "version", "invoker_id", "start", "duration_ms", "billed_ms", "memory_mb", "max_memory_used_mb", "init_duration_ms", "cold_start", "outcome", "error_type")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    INVOKER_ID_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    BILLED_MS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    MAX_MEMORY_USED_MB_FIELD_NUMBER: _ClassVar[int]
+    INIT_DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    COLD_START_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    ERROR_TYPE_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    function: str
+    revision: int
+    version: str
+    invoker_id: str
+    start: float
+    duration_ms: float
+    billed_ms: int
+    memory_mb: int
+    max_memory_used_mb: int
+    init_duration_ms: float
+    cold_start: bool
+    outcome: str
+    error_type: str
+    def __init__(self, request_id: _Optional[str] = ..., function: _Optional[str] = ..., revision: _Optional[int] = ..., version: _Optional[str] = ..., invoker_id: _Optional[str] = ..., start: _Optional[float] = ..., duration_ms: _Optional[float] = ..., billed_ms: _Optional[int] = ..., memory_mb: _Optional[int] = ..., max_memory_used_mb: _Optional[int] = ..., init_duration_ms: _Optional[float] = ..., cold_start: _Optional[bool] = ..., outcome: _Optional[str] = ..., error_type: _Optional[str] = ...) -> None: ...
+
+class PutRecordsRequest(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[InvocationRecord]
+    def __init__(self, records: _Optional[_Iterable[_Union[InvocationRecord, _Mapping]]] = ...) -> None: ...
+
+class PutRecordsResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class QueryUsageRequest(_message.Message):
+    __slots__ = ("since", "until", "function")
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    since: float
+    until: float
+    function: str
+    def __init__(self, since: _Optional[float] = ..., until: _Optional[float] = ..., function: _Optional[str] = ...) -> None: ...
+
+class FunctionUsage(_message.Message):
+    __slots__ = ("function", "invocations", "errors", "cold_starts", "billed_ms", "gb_seconds")
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    INVOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    COLD_STARTS_FIELD_NUMBER: _ClassVar[int]
+    BILLED_MS_FIELD_NUMBER: _ClassVar[int]
+    GB_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    function: str
+    invocations: int
+    errors: int
+    cold_starts: int
+    billed_ms: int
+    gb_seconds: float
+    def __init__(self, function: _Optional[str] = ..., invocations: _Optional[int] = ..., errors: _Optional[int] = ..., cold_starts: _Optional[int] = ..., billed_ms: _Optional[int] = ..., gb_seconds: _Optional[float] = ...) -> None: ...
+
+class QueryUsageResponse(_message.Message):
+    __slots__ = ("usage",)
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    usage: _containers.RepeatedCompositeFieldContainer[FunctionUsage]
+    def __init__(self, usage: _Optional[_Iterable[_Union[FunctionUsage, _Mapping]]] = ...) -> None: ...
+
+class QueryRecordsRequest(_message.Message):
+    __slots__ = ("function", "limit")
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    function: str
+    limit: int
+    def __init__(self, function: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class QueryRecordsResponse(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[InvocationRecord]
+    def __init__(self, records: _Optional[_Iterable[_Union[InvocationRecord, _Mapping]]] = ...) -> None: ...
+
 class GetMetricsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -109,6 +109,21 @@ class ControllerStub:
                 request_serializer=lamina_dot_v1_dot_controller__pb2.QueryLogsRequest.SerializeToString,
                 response_deserializer=lamina_dot_v1_dot_controller__pb2.QueryLogsResponse.FromString,
                 _registered_method=True)
+        self.PutRecords = channel.unary_unary(
+                '/lamina.v1.Controller/PutRecords',
+                request_serializer=lamina_dot_v1_dot_controller__pb2.PutRecordsRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_controller__pb2.PutRecordsResponse.FromString,
+                _registered_method=True)
+        self.QueryUsage = channel.unary_unary(
+                '/lamina.v1.Controller/QueryUsage',
+                request_serializer=lamina_dot_v1_dot_controller__pb2.QueryUsageRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_controller__pb2.QueryUsageResponse.FromString,
+                _registered_method=True)
+        self.QueryRecords = channel.unary_unary(
+                '/lamina.v1.Controller/QueryRecords',
+                request_serializer=lamina_dot_v1_dot_controller__pb2.QueryRecordsRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_controller__pb2.QueryRecordsResponse.FromString,
+                _registered_method=True)
         self.GetMetrics = channel.unary_unary(
                 '/lamina.v1.Controller/GetMetrics',
                 request_serializer=lamina_dot_v1_dot_controller__pb2.GetMetricsRequest.SerializeToString,
@@ -209,6 +224,24 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutRecords(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QueryUsage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QueryRecords(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetMetrics(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -292,6 +325,21 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.QueryLogs,
                     request_deserializer=lamina_dot_v1_dot_controller__pb2.QueryLogsRequest.FromString,
                     response_serializer=lamina_dot_v1_dot_controller__pb2.QueryLogsResponse.SerializeToString,
+            ),
+            'PutRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutRecords,
+                    request_deserializer=lamina_dot_v1_dot_controller__pb2.PutRecordsRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_controller__pb2.PutRecordsResponse.SerializeToString,
+            ),
+            'QueryUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryUsage,
+                    request_deserializer=lamina_dot_v1_dot_controller__pb2.QueryUsageRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_controller__pb2.QueryUsageResponse.SerializeToString,
+            ),
+            'QueryRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryRecords,
+                    request_deserializer=lamina_dot_v1_dot_controller__pb2.QueryRecordsRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_controller__pb2.QueryRecordsResponse.SerializeToString,
             ),
             'GetMetrics': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMetrics,
@@ -704,6 +752,87 @@ class Controller:
             '/lamina.v1.Controller/QueryLogs',
             lamina_dot_v1_dot_controller__pb2.QueryLogsRequest.SerializeToString,
             lamina_dot_v1_dot_controller__pb2.QueryLogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.Controller/PutRecords',
+            lamina_dot_v1_dot_controller__pb2.PutRecordsRequest.SerializeToString,
+            lamina_dot_v1_dot_controller__pb2.PutRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.Controller/QueryUsage',
+            lamina_dot_v1_dot_controller__pb2.QueryUsageRequest.SerializeToString,
+            lamina_dot_v1_dot_controller__pb2.QueryUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.Controller/QueryRecords',
+            lamina_dot_v1_dot_controller__pb2.QueryRecordsRequest.SerializeToString,
+            lamina_dot_v1_dot_controller__pb2.QueryRecordsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -2,7 +2,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -65,16 +65,18 @@ class InvokerHealthRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InvokerHealthResponse(_message.Message):
-    __slots__ = ("invoker_id", "isolation", "in_flight", "warm_workers")
+    __slots__ = ("invoker_id", "isolation", "in_flight", "warm_workers", "stream_address")
     INVOKER_ID_FIELD_NUMBER: _ClassVar[int]
     ISOLATION_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     WARM_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     invoker_id: str
     isolation: str
     in_flight: int
     warm_workers: int
-    def __init__(self, invoker_id: _Optional[str] = ..., isolation: _Optional[str] = ..., in_flight: _Optional[int] = ..., warm_workers: _Optional[int] = ...) -> None: ...
+    stream_address: str
+    def __init__(self, invoker_id: _Optional[str] = ..., isolation: _Optional[str] = ..., in_flight: _Optional[int] = ..., warm_workers: _Optional[int] = ..., stream_address: _Optional[str] = ...) -> None: ...
 
 class InvokerMetricsRequest(_message.Message):
     __slots__ = ()
@@ -85,3 +87,23 @@ class InvokerMetricsResponse(_message.Message):
     TEXT_FIELD_NUMBER: _ClassVar[int]
     text: str
     def __init__(self, text: _Optional[str] = ...) -> None: ...
+
+class InvokeStreamFrame(_message.Message):
+    __slots__ = ("tag", "request", "response", "error")
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    tag: int
+    request: InvokeRequest
+    response: InvokeResponse
+    error: StreamError
+    def __init__(self, tag: _Optional[int] = ..., request: _Optional[_Union[InvokeRequest, _Mapping]] = ..., response: _Optional[_Union[InvokeResponse, _Mapping]] = ..., error: _Optional[_Union[StreamError, _Mapping]] = ...) -> None: ...
+
+class StreamError(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    message: str
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...

@@ -13,7 +13,7 @@ from controller.store.schema import metadata
 from lamina.core.errors import Unavailable
 from tests.conftest import free_port
 
-TABLES = {"functions", "revision_counter", "code_blobs", "api_keys", "invokers", "log_records"}
+TABLES = {"functions", "revision_counter", "code_blobs", "api_keys", "invokers", "log_records", "invocation_records"}
 
 
 def _inspect(url: str):  # type: ignore[no-untyped-def]
@@ -36,7 +36,8 @@ def test_upgrade_creates_the_schema_the_code_expects(database_url):
     migrate.upgrade(database_url)
     tables, indexes, version, counter, diff = _inspect(database_url)
     assert tables == TABLES | {"alembic_version"}
-    assert {"ix_functions_revision", "ix_log_records_function_id", "ix_log_records_request_id"} <= indexes
+    assert {"ix_functions_revision", "ix_log_records_function_id", "ix_log_records_request_id",
+            "ix_invocation_records_function_started_at", "ix_invocation_records_started_at"} <= indexes
     head = ScriptDirectory.from_config(migrate.config(database_url)).get_current_head()
     assert version == head
     assert [tuple(row) for row in counter] == [(1, 0)]

@@ -20,7 +20,7 @@ def error_of(response) -> tuple[str, str]:  # type: ignore[no-untyped-def]
 
 def test_health_and_readiness_say_what_is_missing(management: Stack):
     with management.http() as http:
-        assert http.get("/healthz").json() == {"status": "ok"}
+        assert http.get("/healthz").json() == {"status": "ok", "invokers": []}
         ready = http.get("/readyz")
     assert ready.status_code == 503
     assert "no invoker is known" in ready.json()["reasons"]

@@ -1,68 +1,116 @@
-"""Choosing the sandbox at start, and what a slot does to a real process."""
+"""Choosing the tier at start from what the host permits, and what each layer does."""
 
 from __future__ import annotations
 
 import asyncio
-import resource
+import subprocess
 import sys
 
 import pytest
 
-from invoker import sandboxes
-from invoker.sandboxes import cgroup, probe
-from invoker.sandboxes.cgroup import CgroupSandbox
-from invoker.sandboxes.rlimit import ADDRESS_SPACE_HEADROOM_MB, RlimitSandbox
+from invoker.sandboxes import choose_tier, probe
+from invoker.sandboxes.cgroup import CgroupTree
+from invoker.sandboxes.probe import (
+    CGROUP_MEMORY,
+    CGROUP_PIDS,
+    LANDLOCK,
+    NAMESPACES,
+    NETNS,
+    NFTABLES,
+    SECCOMP,
+    UID,
+    HostLayers,
+    probe_host,
+)
 from lamina.core.errors import InvalidSpec, Unavailable
 from tests.conftest import service_missing
+from tests.invoker.conftest import make_sandbox
+
+EVERYTHING = HostLayers(landlock_abi=7, cgroup_version=1)
 
 
-def _cgroups_or_skip() -> None:
-    try:
-        cgroup.find_hierarchy()
-    except OSError as exc:
-        service_missing(f"a writable cgroup memory controller ({exc})")
+def _without(*layers: str) -> HostLayers:
+    return HostLayers(missing={layer: "not on this test host" for layer in layers}, landlock_abi=7, cgroup_version=1)
 
 
-def test_process_isolation_uses_rlimits() -> None:
-    box = probe("process")
-    assert isinstance(box, RlimitSandbox) and box.layers() == "process,rlimit-as"
+@pytest.mark.parametrize(("isolation", "host", "tier"), [
+    ("auto", EVERYTHING, "A"),
+    ("auto", _without(NFTABLES, LANDLOCK), "A"),  # A's core is there; what is missing is reported
+    ("auto", _without(CGROUP_MEMORY), "B"),  # an unprivileged pod: no cgroup writes
+    ("auto", _without(NAMESPACES, UID), "B"),
+    ("auto", _without(CGROUP_MEMORY, LANDLOCK, SECCOMP), "C"),
+    ("strict", EVERYTHING, "A"),
+    ("pod", _without(CGROUP_MEMORY, NAMESPACES, UID), "B"),
+    ("process", EVERYTHING, "C"),
+])
+def test_the_strongest_permitted_tier_is_chosen(isolation: str, host: HostLayers, tier: str) -> None:
+    assert choose_tier(isolation, host) == tier
+
+
+@pytest.mark.parametrize(("isolation", "host", "named"), [
+    ("strict", _without(NFTABLES), "nftables (not on this test host)"),
+    ("strict", _without(CGROUP_PIDS, NETNS), "cgroup-pids (not on this test host); netns"),
+    ("pod", _without(SECCOMP), "seccomp (not on this test host)"),
+])
+def test_a_configured_tier_that_is_unavailable_fails_naming_the_layer(isolation: str, host: HostLayers,
+                                                                      named: str) -> None:
+    with pytest.raises(Unavailable, match=f"isolation '{isolation}' is configured but unavailable: missing") as info:
+        choose_tier(isolation, host)
+    assert named in str(info.value)
 
 
 def test_unknown_isolation_is_refused() -> None:
-    with pytest.raises(InvalidSpec, match="LAMINA_ISOLATION='vm'"):
+    with pytest.raises(InvalidSpec, match="LAMINA_ISOLATION='vm'.*auto, strict, pod, process"):
         probe("vm")
 
 
 @pytest.mark.cgroup
-@pytest.mark.parametrize("isolation", ["auto", "cgroup"])
-def test_cgroup_is_chosen_where_available(isolation: str) -> None:
-    _cgroups_or_skip()
-    box = probe(isolation, scope="lamina-test-probe")
+def test_this_host_is_probed_for_every_layer() -> None:
+    host = probe_host()
+    if host.missing:
+        service_missing(f"every isolation layer ({host.missing})")
+    assert host.landlock_abi >= 1 and host.cgroup_version in (1, 2)
+
+
+async def test_process_tier_says_it_is_no_boundary() -> None:
+    box = make_sandbox("process")
     try:
-        assert isinstance(box, CgroupSandbox) and box.parent.is_dir()
-        assert box.layers().startswith("process,cgroup-v")
+        assert box.tier == "C" and box.layers().endswith("(not a security boundary)")
+        assert box.tree is None and box.netfilter is None and box.watchdog is not None
     finally:
-        box.close()
-    assert not box.parent.exists()
+        await box.close()
 
 
-def test_configured_cgroup_never_degrades(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Simulate a host without a writable memory controller.
-    def nothing_writable() -> cgroup.Hierarchy:
-        raise OSError("no writable cgroup memory controller")
-
-    monkeypatch.setattr(cgroup, "find_hierarchy", nothing_writable)
-    with pytest.raises(Unavailable, match="isolation 'cgroup' is configured but unavailable"):
-        sandboxes.probe("cgroup")
-    assert isinstance(sandboxes.probe("auto"), RlimitSandbox)
+@pytest.mark.cgroup
+async def test_strict_sets_up_cgroups_and_the_egress_table_and_removes_them() -> None:
+    box = make_sandbox("strict")
+    tree, table = box.tree, box.netfilter
+    try:
+        assert tree is not None and tree.parent.is_dir() and tree.pids_parent is not None
+        assert table is not None
+        listed = subprocess.run(["nft", "list", "table", "inet", table.table], capture_output=True, text=True)
+        assert "fib daddr type local reject" in listed.stdout
+        assert f"meta skuid {box.uid_base}-{box.uid_base + 999}" in listed.stdout
+        slot = await box.acquire(sys.executable)
+        assert slot.cgroups is not None and slot.zygote is not None
+        # the zygote and the child it forked ahead of need wait inside the slot's cgroups
+        assert sorted(slot.cgroups.processes()) == sorted([slot.zygote.pid, slot.zygote.spare_pid])
+        await box.release(slot)
+    finally:
+        await box.close()
+    assert not tree.parent.exists() and not tree.pids_parent.exists()
+    gone = subprocess.run(["nft", "list", "table", "inet", table.table], capture_output=True, text=True)
+    assert gone.returncode != 0
 
 
 @pytest.mark.cgroup
 def test_a_crashed_invokers_leftover_cgroups_are_cleared() -> None:
-    _cgroups_or_skip()
-    first = CgroupSandbox.create("lamina-test-stale")
-    first.slot("orphan", 128)
-    second = CgroupSandbox.create("lamina-test-stale")
+    try:
+        first = CgroupTree.create("lamina-test-stale")
+    except OSError as exc:
+        service_missing(f"a writable cgroup memory controller ({exc})")
+    first.slot("orphan")
+    second = CgroupTree.create("lamina-test-stale")
     try:
         assert [p.name for p in second.parent.iterdir() if p.is_dir()] == []
     finally:
@@ -70,21 +118,18 @@ def test_a_crashed_invokers_leftover_cgroups_are_cleared() -> None:
     assert not second.parent.exists()
 
 
-async def test_rlimit_slot_limits_address_space_and_core_dumps() -> None:
-    process = await asyncio.create_subprocess_exec(sys.executable, "-c", "import time; time.sleep(30)",
-                                                   start_new_session=True)
-    slot = RlimitSandbox().slot("w", 256)
+async def test_zygotes_start_once_and_cold_starts_fork_from_them() -> None:
+    box = make_sandbox("process")
     try:
-        slot.attach(process.pid)
-        limit = (256 + ADDRESS_SPACE_HEADROOM_MB) * 1024 * 1024
-        assert resource.prlimit(process.pid, resource.RLIMIT_AS) == (limit, limit)
-        assert resource.prlimit(process.pid, resource.RLIMIT_CORE) == (0, 0)
-        assert slot.max_memory_bytes() > 0
+        await box.prewarm(sys.executable)
+        spares = box.slots()
+        slot = await box.acquire(sys.executable)
+        assert slot in spares
+        await asyncio.sleep(0.5)  # the spare is replaced in the background
+        assert len(box.slots()) == 3
+        await box.release(slot)
     finally:
-        slot.kill()
-        await process.wait()
-        slot.destroy()
-    assert process.returncode == -9
+        await box.close()
 
 
 def test_a_configured_interpreter_that_does_not_run_fails_at_start(tmp_path) -> None:  # type: ignore[no-untyped-def]

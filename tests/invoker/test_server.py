@@ -96,7 +96,10 @@ async def test_invoke_through_a_real_invoker_and_controller(controller: str, tmp
 
         health = await stub.Health(pb.InvokerHealthRequest())
         assert health.invoker_id == "inv-1" and health.warm_workers == 1 and health.in_flight == 0
-        assert health.isolation.startswith("process,") and health.isolation == invoker.sandbox.layers()
+        assert invoker.sandbox is not None and health.isolation == invoker.sandbox.layers()
+        assert health.isolation.startswith(f"tier {invoker.sandbox.tier}: ")
+        assert f'lamina_invoker_isolation_info{{layers="{health.isolation}",tier="{invoker.sandbox.tier}"}} 1.0' \
+            in invoker.metrics.text()
 
         with pytest.raises(grpc.aio.AioRpcError) as missing:
             await stub.Invoke(pb.InvokeRequest(function="nope", request_id="req-x", payload=b"{}"))
@@ -151,7 +154,8 @@ async def test_invoker_starts_and_serves_health_while_the_controller_is_down(tmp
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{invoker.port}")
     try:
         health = await pb_grpc.InvokerStub(channel).Health(pb.InvokerHealthRequest())
-        assert health.isolation == "process,rlimit-as" and health.invoker_id == invoker.invoker_id
+        assert health.isolation == "tier C: rlimits,no-new-privs,rss-watchdog (not a security boundary)"
+        assert health.invoker_id == invoker.invoker_id
         await asyncio.sleep(0.5)  # registration keeps retrying in the background
         assert not invoker.registered.is_set()
     finally:

@@ -1,7 +1,9 @@
 """The Python worker runtime: imports a Lambda handler once, then serves invocations.
 
-Standard library only. The invoker runs it as ``<python> -I -S -u bootstrap.py <fd>`` with
-the function's code directory as the working directory and an allow-listed environment;
+Standard library only. A worker is forked from a zygote (``zygote.py``) that imported this
+module, which then calls :func:`serve`; it can also run on its own as
+``<python> -I -S -u bootstrap.py <fd>`` with the function's code directory as the working
+directory. Either way the environment is an allow-list;
 ``-I`` keeps this file's directory off ``sys.path``, ``-S`` keeps site-packages (and so
 Lamina and grpc) away from user code. ``<fd>`` is one end of a unix socketpair.
 
@@ -156,9 +158,10 @@ def invoke(function, header, body):
     return {"type": "result"}, out
 
 
-def main():
-    channel = Channel(int(sys.argv[1]))
-    code_dir = os.getcwd()
+def serve(fd, code_dir):
+    """Answer INIT, then INVOKE frames on ``fd`` until the invoker closes it; the handler is
+    imported from ``code_dir``. Returns the process's exit status."""
+    channel = Channel(fd)
     sys.path.insert(0, code_dir)
     sys.argv = [os.path.join(code_dir, "__lambda__")]
     for stream in (sys.stdout, sys.stderr):
@@ -179,6 +182,10 @@ def main():
         reply, out = invoke(function, header, body)
         del body
         channel.send(reply, out)
+
+
+def main():
+    return serve(int(sys.argv[1]), os.getcwd())
 
 
 if __name__ == "__main__":

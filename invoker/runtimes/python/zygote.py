@@ -1,0 +1,302 @@
+"""The zygote: a pre-initialised ``python -I -S`` that forks sandboxed workers.
+
+Standard library only. The invoker starts one per sandbox slot (already inside the slot's
+cgroups, so forked workers inherit them without a slow cgroup attach) as
+``<python> -I -S -u zygote.py <control fd> <sandboxes dir> [<root template JSON>]``. It loads the runtime
+bootstrap and the confinement layers (``invoker/sandboxes/{namespaces,landlock,seccomp}.py``)
+by path under private names, so nothing of the platform is importable by user code.
+
+Control messages are JSON datagrams on a SOCK_SEQPACKET socket:
+
+    invoker → zygote  {"type": "spawn", "plan": {...}} + SCM_RIGHTS [channel, stdout, stderr]
+                      {"type": "show", "code_dir"} | {"type": "hide"}   (tier A stem cells)
+    zygote → invoker  {"type": "ready", "pid", "spare"} once
+                      {"type": "spawned", "pid", "spare"} | {"type": "spawn_error", "message"}
+                      {"type": "spare", "spare"} when it forked a new spare child
+                      {"type": "exit", "pid", "status"} when a worker it forked ends (a wait status)
+                      {"type": "ack", "error"} after show/hide
+
+The zygote keeps one child forked ahead of need (``spare``: on tier A already PID 1 of its
+own PID namespace, in its own mount/IPC/UTS namespaces), so a spawn only hands that child
+its plan and descriptors. The child confines itself (see :func:`_confine`), then serves
+the bootstrap's frames on the channel, or ``execve``s ``plan["exec"]`` (the Node runtime, which cannot be forked
+after V8 starts). The zygote is a child subreaper, so a worker's orphans come back to it
+and are reaped; it exits (killing its workers) when the invoker closes the control socket.
+"""
+
+import ctypes
+import importlib.util
+import io
+import json
+import os
+import resource
+import select
+import signal
+import socket
+import sys
+import time
+import traceback
+
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
+#: Seconds after a spawn before the next child is forked ahead of need (tier A).
+PREFORK_DELAY_S = 0.02
+_RLIMITS = {"NOFILE": resource.RLIMIT_NOFILE, "FSIZE": resource.RLIMIT_FSIZE, "CORE": resource.RLIMIT_CORE,
+            "AS": resource.RLIMIT_AS, "DATA": resource.RLIMIT_DATA, "NPROC": resource.RLIMIT_NPROC}
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_here = os.path.dirname(os.path.abspath(__file__))
+bootstrap = _load("_lamina_bootstrap", os.path.join(_here, "bootstrap.py"))
+_layers = sys.argv[2] if len(sys.argv) > 2 else os.path.join(_here, "..", "..", "sandboxes")
+namespaces = _load("_lamina_namespaces", os.path.join(_layers, "namespaces.py"))
+landlock = _load("_lamina_landlock", os.path.join(_layers, "landlock.py"))
+seccomp = _load("_lamina_seccomp", os.path.join(_layers, "seccomp.py"))
+#: The seccomp programs, compiled once: {allow_inet: program}.
+_filters = {}
+if seccomp.available():
+    _filters = {inet: seccomp.prepare(seccomp.compile_filter(inet)) for inet in (True, False)}
+#: The template root this zygote prepared (tier A), None otherwise.
+_template = None
+
+
+def _confine(plan, channel_fd):
+    """In the pre-forked child, as root: everything the plan asks for, strongest last."""
+    if plan.get("namespaces"):
+        if _template is None:
+            raise OSError("this zygote has no template root (it was started without one)")
+        if not plan.get("network", True):
+            namespaces.unshare(namespaces.CLONE_NEWNET)
+        namespaces.enter_root(_template, plan.get("code_dir"), plan["tmp_mb"])
+    for name, value in plan.get("rlimits", {}).items():
+        resource.setrlimit(_RLIMITS[name], (value, value))
+    if plan.get("uid") is not None:
+        namespaces.drop_privileges(plan["uid"], plan["gid"])
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # after the uid change, which clears it
+    namespaces.no_new_privs()
+    if plan.get("landlock"):
+        landlock.restrict(plan["landlock"]["read"], plan["landlock"]["write"])
+    if plan.get("seccomp"):
+        seccomp.load(_filters[bool(plan.get("allow_inet", True))])
+    os.closerange(3, channel_fd)
+    os.closerange(channel_fd + 1, 65536)
+    os.environ.clear()
+    os.environ.update(plan["environment"])
+    os.chdir(plan["cwd"])
+
+
+def _waiting(sock):
+    """The pre-forked child: made ready before it is needed (its own session and, on tier A,
+    PID, mount, IPC and UTS namespaces), it waits for its plan and descriptors, then
+    becomes the worker. Never returns."""
+    try:
+        os.setsid()
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if _template is not None:
+            namespaces.unshare(namespaces.CLONE_NEWNS | namespaces.CLONE_NEWIPC | namespaces.CLONE_NEWUTS)
+            socket.sethostname("lamina")
+        raw, fds, _, _ = socket.recv_fds(sock, 1 << 20, 8)
+    except BaseException:  # noqa: BLE001 - the zygote sees it exit and forks another
+        os._exit(71)
+    if not raw:
+        os._exit(0)
+    sock.close()
+    _child(json.loads(raw), fds)
+
+
+def _child(plan, fds):
+    channel, out, err = fds
+    try:
+        null = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(out, 1)
+        os.dup2(err, 2)
+        # New text streams: the zygote's describe /dev/null (seekable), these are pipes.
+        sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True,
+                                      errors="backslashreplace")
+        sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), line_buffering=True,
+                                      errors="backslashreplace")
+        try:  # the zygote's -1000 (where it got one) must not be inherited
+            with open("/proc/self/oom_score_adj", "w") as adj:
+                adj.write("0")
+        except OSError:
+            pass
+        _confine(plan, channel)
+    except BaseException as exc:  # noqa: BLE001 - reported to the invoker, then the child exits
+        traceback.print_exc()
+        try:
+            bootstrap.Channel(channel).send({"type": "sandbox_error", "errorType": "Runtime.SandboxError",
+                                             "errorMessage": f"cannot confine the worker: {exc}",
+                                             "stackTrace": []})
+        finally:
+            os._exit(70)
+    if plan.get("exec"):
+        os.set_inheritable(channel, True)
+        argv = [arg.replace("{fd}", str(channel)) for arg in plan["exec"]]
+        os.execve(argv[0], argv, plan["environment"])
+    code = 1
+    try:
+        code = bootstrap.serve(channel, plan["cwd"])
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # noqa: BLE001
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def _prefork(ctl):
+    """Fork the next worker ahead of need (PID 1 of a new PID namespace on tier A); return
+    (pid, our end of its socket)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid_ns = namespaces.pid_namespace() if _template is not None else None
+    if pid_ns is not None:
+        pid_ns.__enter__()
+    try:
+        pid = os.fork()
+        if pid == 0:
+            ctl.close()
+            ours.close()
+            _waiting(theirs)
+    finally:
+        if pid_ns is not None:
+            pid_ns.__exit__()
+        theirs.close()
+    return pid, ours
+
+
+_shown = False
+
+
+def _show_or_hide(message):
+    """Show a stem cell its function's code (bind it on the template's shared /var/task),
+    or take it back."""
+    global _shown
+    try:
+        if _template is None:
+            raise OSError("this zygote has no template root")
+        if message["type"] == "show":
+            if _shown:
+                namespaces.hide_code(_template)
+                _shown = False
+            namespaces.show_code(_template, message["code_dir"])
+            _shown = True
+        elif _shown:
+            namespaces.hide_code(_template)
+            _shown = False
+    except OSError as exc:
+        return {"type": "ack", "error": str(exc)}
+    return {"type": "ack", "error": ""}
+
+
+def _send(ctl, message):
+    ctl.send(json.dumps(message).encode())
+
+
+def main():
+    global _template
+    ctl = socket.socket(fileno=int(sys.argv[1]))
+    if len(sys.argv) > 3:  # {"new_root", "runtime_dir", "host_paths"}: tier A
+        config = json.loads(sys.argv[3])
+        namespaces.prepare_root(config["new_root"], config["runtime_dir"], config["host_paths"])
+        _template = config["new_root"]
+    _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    workers = set()
+    spare, spare_sock = _prefork(ctl)
+    _send(ctl, {"type": "ready", "pid": os.getpid(), "spare": spare})
+    due = None
+    while True:
+        readable, _, _ = select.select([ctl, wake_r], [], [], None if due is None else max(0, due - time.monotonic()))
+        if due is not None and time.monotonic() >= due:
+            due = None
+            if not spare:
+                spare, spare_sock = _prefork(ctl)
+                _send(ctl, {"type": "spare", "spare": spare})
+        if wake_r in readable:
+            while True:
+                try:
+                    if not os.read(wake_r, 512):
+                        break
+                except BlockingIOError:
+                    break
+            while True:
+                try:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid == 0:
+                    break
+                if pid in workers:
+                    workers.discard(pid)
+                    _send(ctl, {"type": "exit", "pid": pid, "status": status})
+                elif pid == spare:  # killed with a worker's leftovers: have another one ready
+                    spare_sock.close()
+                    spare, spare_sock = _prefork(ctl)
+                    _send(ctl, {"type": "spare", "spare": spare})
+        if ctl in readable:
+            try:
+                raw, fds, _, _ = socket.recv_fds(ctl, 1 << 20, 8)
+            except OSError:  # the invoker is gone
+                raw, fds = b"", []
+            if not raw:
+                for pid in (*workers, *([spare] if spare else [])):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                return 0
+            message = json.loads(raw)
+            if message.get("type") in ("show", "hide"):
+                _send(ctl, _show_or_hide(message))
+                continue
+            if message.get("type") == "spawn":
+                began = time.perf_counter()
+                if not spare:
+                    due = None
+                    spare, spare_sock = _prefork(ctl)
+                pid, sock = spare, spare_sock
+                try:
+                    socket.send_fds(sock, [json.dumps(message["plan"]).encode()], fds)
+                except OSError as exc:
+                    _send(ctl, {"type": "spawn_error", "message": f"the pre-forked worker is gone: {exc}"})
+                    pid = 0
+                finally:
+                    sock.close()
+                    for fd in fds:
+                        os.close(fd)
+                # The next child is forked when this one had time to confine itself and
+                # answer (on a 2-CPU host the fork would compete with it); at once where
+                # forking is cheap (no namespaces), so the invoker knows the spare's pid.
+                spare, spare_sock = 0, None
+                if _template is not None:
+                    due = time.monotonic() + PREFORK_DELAY_S
+                else:
+                    spare, spare_sock = _prefork(ctl)
+                if pid:
+                    workers.add(pid)
+                    _send(ctl, {"type": "spawned", "pid": pid, "spare": spare,
+                                "fork_ms": (time.perf_counter() - began) * 1000})
+                else:
+                    _send(ctl, {"type": "spare", "spare": spare})
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,380 @@
+"""The sandbox of one invoker: its slots, spare zygotes, Node stem cells, parent cgroups and
+egress filter (see ``slots.py`` for one slot, ``__init__.py`` for the tiers).
+
+Spare slots are kept per zygote interpreter and replenished in the background, so a cold
+start never waits for a zygote to start; a slot whose worker stopped cleanly is reused,
+one that saw an OOM kill is destroyed. Stem cells are Node runtimes started and confined
+ahead of need, per (node binary, memory size, egress), specialised by their INIT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import os
+import shutil
+import socket
+import struct
+import sys
+import tempfile
+import zlib
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+
+from invoker.runtimes import is_exec_runtime
+from invoker.sandboxes import cgroup, probe
+from invoker.sandboxes.netfilter import NftFilter
+from invoker.sandboxes.slots import (
+    DEFAULT_TMP_MB,
+    SPARE_SLOTS,
+    UID_BASE,
+    UIDS_PER_INVOKER,
+    Launch,
+    ZygoteSlot,
+    mount_points,
+)
+from invoker.sandboxes.watchdog import Watchdog, descendants
+
+log = logging.getLogger(__name__)
+
+#: Node stem cells kept started per (node binary, memory size, egress): V8 cannot be forked,
+#: so the next cold start of such a function adopts one instead of starting node (~50 ms).
+STEM_CELLS = 1
+#: Seconds a stem cell may take to start and say it is ready.
+STEM_CELL_READY_S = 10.0
+_FRAME = struct.Struct(">II")
+
+
+async def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    loop = asyncio.get_running_loop()
+    data = b""
+    while len(data) < size:
+        chunk = await loop.sock_recv(sock, size - len(data))
+        if not chunk:
+            raise OSError(0, "the stem cell closed its channel")
+        data += chunk
+    return data
+
+
+
+@dataclass(eq=False)
+class StemCell:
+    """A started, confined runtime that has no function yet (its INIT brings one)."""
+
+    slot: ZygoteSlot
+    pid: int
+    channel: socket.socket
+    out_r: int
+    err_r: int
+
+    @property
+    def alive(self) -> bool:
+        return self.slot.zygote is not None and not self.slot.zygote.exited(self.pid)
+
+    def close_fds(self) -> None:
+        self.channel.close()
+        for fd in (self.out_r, self.err_r):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class ZygoteSandbox:
+    """One invoker's slots, spare zygotes, stem cells, parent cgroups and egress filter."""
+
+    def __init__(self, tier: str, host: probe.HostLayers, *, scope: str, tmp_mb: int | None = None,
+                 python: str | None = None) -> None:
+        self.tier = tier
+        #: The Python whose zygotes start exec'd runtimes (Node).
+        self.python = python or os.path.realpath(sys.executable)
+        self.host = host
+        self.scope = scope
+        self.tmp_mb = tmp_mb or DEFAULT_TMP_MB
+        #: Layers this tier would use but cannot, with the reason ("layer (why)").
+        self.missing: list[str] = []
+        self.active: list[str] = []
+        self.tree: cgroup.CgroupTree | None = None
+        self.netfilter: NftFilter | None = None
+        self.watchdog: Watchdog | None = None
+        self.drop_uid = tier != "C" and host.has(probe.UID)
+        self.uid_base = UID_BASE + UIDS_PER_INVOKER * (zlib.crc32(scope.encode()) % 800)
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"lamina-{scope[:40]}-"))
+        os.chmod(self.workdir, 0o711)
+        self._spares: dict[str, list[ZygoteSlot]] = {}
+        self._free = list(range(UIDS_PER_INVOKER - 1, -1, -1))
+        self._slots: set[ZygoteSlot] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._cells: dict[tuple[str, int, str], list[StemCell]] = {}
+        self._cells_starting: collections.Counter[tuple[str, int, str]] = collections.Counter()
+
+    @classmethod
+    def create(cls, tier: str, host: probe.HostLayers, *, scope: str, tmp_mb: int | None = None,
+               python: str | None = None) -> ZygoteSandbox:
+        """Set up what the tier needs at start (cgroup parents, the egress table). Raises
+        ``OSError`` when a required part cannot be created."""
+        box = cls(tier, host, scope=scope, tmp_mb=tmp_mb, python=python)
+        try:
+            box._setup()
+        except BaseException:
+            box.close_now()
+            raise
+        return box
+
+    def _setup(self) -> None:
+        wanted = {"A": (probe.CGROUP_MEMORY, probe.CGROUP_PIDS, probe.NAMESPACES, probe.NETNS, probe.UID,
+                        probe.LANDLOCK, probe.SECCOMP, probe.NFTABLES),
+                  "B": (probe.UID, probe.LANDLOCK, probe.SECCOMP), "C": ()}[self.tier]
+        for layer in wanted:
+            if not self.host.has(layer):
+                self.missing.append(f"{layer} ({self.host.missing[layer]})")
+        if self.tier == "A":
+            self.tree = cgroup.CgroupTree.create(f"lamina-{self.scope}")
+            if self.host.has(probe.NFTABLES):
+                try:
+                    self.netfilter = NftFilter.install(self.scope, self.uid_base, self.uid_base + UIDS_PER_INVOKER - 1)
+                except OSError as exc:
+                    self.missing.append(f"{probe.NFTABLES} ({exc})")
+        else:
+            self.watchdog = Watchdog()
+        if self.tier == "A":
+            for layer, name in ((probe.CGROUP_MEMORY, f"cgroup-v{self.host.cgroup_version}-memory"),
+                                (probe.CGROUP_PIDS, "cgroup-pids"), (probe.NAMESPACES, "namespaces(mnt,pid,ipc,uts)"),
+                                (probe.NAMESPACES, "private-root"), (probe.NAMESPACES, "tmpfs-tmp"),
+                                (probe.NETNS, "netns(egress none)"), (probe.UID, "uid")):
+                if self.has(layer):
+                    self.active.append(name)
+        elif self.drop_uid:
+            self.active.append("uid")
+        self.active += ["rlimits", "no-new-privs"]
+        if self.tier != "C" and self.host.has(probe.LANDLOCK):
+            self.active.append(f"landlock-abi{self.host.landlock_abi}")
+        if self.tier != "C" and self.host.has(probe.SECCOMP):
+            self.active.append("seccomp")
+        if self.netfilter is not None:
+            self.active.append("nftables-egress")
+        if self.watchdog is not None:
+            self.active.append("rss-watchdog")
+
+    def has(self, layer: str) -> bool:
+        return self.host.has(layer) and not any(m.startswith(layer + " ") for m in self.missing)
+
+    def layers(self) -> str:
+        """``tier A: layer,layer,… (missing: …)``, for Health, the log and the metric."""
+        text = f"tier {self.tier}: " + ",".join(self.active)
+        if self.tier == "C":
+            text += " (not a security boundary)"
+        return text + (f" (missing: {'; '.join(self.missing)})" if self.missing else "")
+
+    def visible_paths(self, code_dir: Path, runtime_dir: Path) -> tuple[str, str]:
+        """Where a worker sees its code and its runtime (tier A: Lambda's paths)."""
+        if self.tier == "A":
+            return "/var/task", f"/var/runtime/{runtime_dir.name}"
+        return str(code_dir), str(runtime_dir)
+
+    def zygote_interpreter(self, binary: str, runtime: str) -> str:
+        """The Python whose zygote starts ``runtime``: its own binary for Python runtimes."""
+        return self.python if is_exec_runtime(runtime) else binary
+
+    async def acquire(self, interpreter: str) -> ZygoteSlot:
+        """A slot whose zygote runs ``interpreter``: a spare one, else a new one. Raises
+        ``OSError`` when no slot can be made."""
+        spares = self._spares.setdefault(interpreter, [])
+        while spares:
+            slot = spares.pop()
+            if slot.zygote is not None and slot.zygote.alive:
+                self._replenish(interpreter)
+                return slot
+            await self._destroy(slot)
+        slot = await self._new_slot(interpreter)
+        self._replenish(interpreter)
+        return slot
+
+    async def prewarm(self, interpreter: str) -> None:
+        """Start the spare slots for ``interpreter`` now (at invoker start)."""
+        spares = self._spares.setdefault(interpreter, [])
+        while len(spares) < SPARE_SLOTS:
+            spares.append(await self._new_slot(interpreter))
+
+    async def _new_slot(self, interpreter: str) -> ZygoteSlot:
+        if not self._free:
+            raise OSError(11, f"all {UIDS_PER_INVOKER} sandbox slots are in use")
+        index = self._free.pop()
+        slot = ZygoteSlot(self, index, interpreter, self.workdir / f"slot-{index}")
+        self._slots.add(slot)
+        try:
+            await slot.start()
+        except BaseException:
+            await self._destroy(slot)
+            raise
+        return slot
+
+    def _replenish(self, interpreter: str) -> None:
+        async def fill() -> None:
+            try:
+                await self.prewarm(interpreter)
+            except OSError as exc:
+                log.warning("cannot start a spare sandbox slot: %s", exc)
+
+        self._spawn_task(fill())
+
+    @property
+    def stem_cells_supported(self) -> bool:
+        """Tier A shows a stem cell its code through the slot's shared task mount; tier C
+        needs nothing; tier B's Landlock rules are fixed before exec, so it has none."""
+        return self.tier in ("A", "C")
+
+    def ready_stem_cells(self) -> int:
+        """How many stem cells are started and waiting (all keys)."""
+        return sum(len(cells) for cells in self._cells.values())
+
+    def take_stem_cell(self, key: tuple[str, int, str]) -> StemCell | None:
+        """A live stem cell for ``key`` (node binary, memory MB, egress), or None."""
+        cells = self._cells.get(key, [])
+        while cells:
+            cell = cells.pop()
+            if cell.alive:
+                return cell
+            self._spawn_task(self._discard_cell(cell))
+        return None
+
+    def keep_stem_cells(self, key: tuple[str, int, str], launch: Launch) -> None:
+        """Start stem cells for ``key`` in the background until ``STEM_CELLS`` are ready."""
+        if not self.stem_cells_supported:
+            return
+        while len(self._cells.get(key, [])) + self._cells_starting[key] < STEM_CELLS:
+            self._cells_starting[key] += 1
+            self._spawn_task(self._start_cell(key, launch))
+
+    async def _start_cell(self, key: tuple[str, int, str], launch: Launch) -> None:
+        slot: ZygoteSlot | None = None
+        cell: StemCell | None = None
+        try:
+            slot = await self.acquire(self.python)
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe()
+            cell = StemCell(slot, 0, ours, out_r, err_r)
+            try:
+                spawned = slot.spawn(launch, (theirs.fileno(), out_w, err_w))
+            finally:
+                theirs.close()
+                os.close(out_w)
+                os.close(err_w)
+            async with asyncio.timeout(STEM_CELL_READY_S):
+                cell.pid = await spawned
+                ours.setblocking(False)
+                header_len, body_len = _FRAME.unpack(await _recv_exact(ours, _FRAME.size))
+                ready = json.loads(await _recv_exact(ours, header_len + body_len))
+            if ready.get("type") != "ready":
+                raise OSError(0, f"a stem cell said {ready.get('type')!r} instead of ready")
+            self._cells.setdefault(key, []).append(cell)
+        except (OSError, TimeoutError, ValueError) as exc:
+            log.warning("cannot start a stem cell for %s: %s", key, exc)
+            if cell is not None:
+                await self._discard_cell(cell)
+            elif slot is not None:
+                slot.dirty = True
+                await self.release(slot)
+        except BaseException:  # cancelled at close: the slot goes with the sandbox, not the fds
+            if cell is not None:
+                cell.close_fds()
+            raise
+        finally:
+            self._cells_starting[key] -= 1
+
+    async def _discard_cell(self, cell: StemCell) -> None:
+        cell.close_fds()
+        if cell.pid:
+            cell.slot.kill(cell.pid)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(cell.slot.wait_exit(cell.pid), 5)
+        await self.release(cell.slot)
+
+    def _spawn_task(self, job: Coroutine[object, object, None]) -> None:
+        task = asyncio.get_running_loop().create_task(job)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def release(self, slot: ZygoteSlot) -> None:
+        """Take back a slot whose worker ended: reuse it when it is clean, else destroy it."""
+        spares = self._spares.setdefault(slot.interpreter, [])
+        clean = not slot.dirty and slot.zygote is not None and slot.zygote.alive
+        for _ in range(50):  # processes killed a moment ago may still be exiting
+            if not clean or slot.empty():
+                break
+            await asyncio.sleep(0.002)
+        else:
+            clean = False
+        if clean and len(spares) < SPARE_SLOTS * 2:
+            shutil.rmtree(slot.workdir / "tmp", ignore_errors=True)  # tiers B, C: the worker's files
+            try:
+                await slot.hide_code()
+            except OSError:
+                clean = False
+        if clean and len(spares) < SPARE_SLOTS * 2:
+            spares.append(slot)
+        else:
+            await self._destroy(slot)
+
+    async def _destroy(self, slot: ZygoteSlot) -> None:
+        try:
+            await slot.destroy()
+        finally:
+            if slot in self._slots:
+                self._slots.discard(slot)
+                self._free.append(slot.index)
+
+    def slots(self) -> list[ZygoteSlot]:
+        """Every live slot (spare or serving)."""
+        return sorted(self._slots, key=lambda slot: slot.index)
+
+    def leftovers(self) -> list[str]:
+        """What workers left behind that no live worker should hold: processes below the
+        zygotes of idle slots, mounts, cgroups or directories of no slot. Empty when clean."""
+        found = []
+        busy = {s for s in self._slots if s not in {x for xs in self._spares.values() for x in xs}}
+        for slot in self._slots - busy:
+            left = [p for p in descendants(slot.zygote.pid) if p != slot.zygote.spare_pid] if slot.zygote else []
+            if left:
+                found.append(f"processes {left} in idle slot {slot.index} (zygote {slot.zygote.pid}, spare "
+                             f"{slot.zygote.spare_pid})")
+            if (slot.workdir / "tmp").exists():
+                found.append(f"temporary files of idle slot {slot.index}")
+        found += [f"mount {point} in the invoker's namespace" for point in mount_points(str(self.workdir))]
+        names = {f"slot-{s.index}" for s in self._slots}
+        for parent in (self.tree.parent, self.tree.pids_parent) if self.tree is not None else ():
+            if parent is not None:
+                found += [f"cgroup {p}" for p in parent.iterdir() if p.is_dir() and p.name not in names]
+        found += [f"directory {p}" for p in self.workdir.iterdir() if p.name not in names]
+        return found
+
+    async def close(self) -> None:
+        """Stop every zygote, remove the cgroups, the egress table and the work directory.
+        Idempotent; never raises."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for cells in self._cells.values():
+            for cell in cells:
+                cell.close_fds()
+        self._cells.clear()
+        for slot in list(self._slots):
+            with contextlib.suppress(Exception):
+                await self._destroy(slot)
+        self._spares.clear()
+        if self.watchdog is not None:
+            await self.watchdog.close()
+        self.close_now()
+
+    def close_now(self) -> None:
+        """The synchronous part of :meth:`close` (no zygote may be running)."""
+        if self.netfilter is not None:
+            self.netfilter.close()
+            self.netfilter = None
+        if self.tree is not None:
+            self.tree.close()
+            self.tree = None
+        shutil.rmtree(self.workdir, ignore_errors=True)

@@ -1,0 +1,177 @@
+"""The invoker's side of a zygote (``runtimes/python/zygote.py``): start it, ask it to fork
+sandboxed workers, learn how they ended.
+
+A :class:`Zygote` is owned by one sandbox slot; it serves one spawn at a time. The worker
+processes it forks are its children, not the invoker's, so their wait status arrives as an
+``exit`` message (:meth:`Zygote.wait_exit`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ZYGOTE_SCRIPT = Path(__file__).resolve().parent / "runtimes" / "python" / "zygote.py"
+LAYERS_DIR = Path(__file__).resolve().parent / "sandboxes"
+#: Seconds a zygote may take to import its modules and say it is ready.
+READY_TIMEOUT_S = 10.0
+
+
+class ZygoteError(OSError):
+    """The zygote could not start, or could not fork a worker."""
+
+
+class Zygote:
+    """One zygote process. ``await Zygote.start(...)``; then :meth:`spawn`; :meth:`close`."""
+
+    def __init__(self, process: asyncio.subprocess.Process, control: socket.socket) -> None:
+        self.process = process
+        self.pid = process.pid
+        #: How long the zygote's last spawn took, ms (its own measure, for benchmarks).
+        self.last_fork_ms = 0.0
+        #: The child the zygote forked ahead of need (it sits in the slot, waiting).
+        self.spare_pid = 0
+        self._control = control
+        self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._spawned: asyncio.Future[int] | None = None
+        self._ack: asyncio.Future[str] | None = None
+        self._exits: dict[int, asyncio.Future[int]] = {}
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    @classmethod
+    async def start(cls, interpreter: str, confine: Callable[[int], None] | None = None,
+                    template: dict[str, Any] | None = None) -> Zygote:
+        """Start a zygote with ``interpreter``; ``confine(pid)`` (e.g. joining the slot's
+        cgroups) runs before it may fork; ``template`` (tier A) is the root file system its
+        workers start from (see ``namespaces.prepare_root``). Raises ``ZygoteError``."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                interpreter, "-I", "-S", "-u", str(ZYGOTE_SCRIPT), str(theirs.fileno()), str(LAYERS_DIR),
+                *([json.dumps(template)] if template is not None else []),
+                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL, pass_fds=(theirs.fileno(),), start_new_session=True)
+        except OSError as exc:
+            ours.close()
+            raise ZygoteError(exc.errno or 0, f"cannot start a zygote with {interpreter}: {exc}") from exc
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        zygote = cls(process, ours)
+        try:
+            if confine is not None:
+                confine(process.pid)
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                await asyncio.shield(zygote._ready)
+        except (OSError, TimeoutError) as exc:
+            await zygote.close()
+            raise ZygoteError(getattr(exc, "errno", 0) or 0, f"zygote {process.pid} did not start: {exc}") from exc
+        except BaseException:  # cancelled (the invoker is stopping): leave no process behind
+            await asyncio.shield(zygote.close())
+            raise
+        return zygote
+
+    async def _read(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                raw = await loop.sock_recv(self._control, 65536)
+                if not raw:
+                    break
+                message = json.loads(raw)
+                kind = message.get("type")
+                if "spare" in message:
+                    self.spare_pid = int(message["spare"])
+                if kind == "ready":
+                    self._ready.set_result(None)
+                elif kind in ("spawned", "spawn_error") and self._spawned is not None and not self._spawned.done():
+                    if kind == "spawned":
+                        self.last_fork_ms = float(message.get("fork_ms", 0.0))
+                        self._spawned.set_result(int(message["pid"]))
+                    else:
+                        self._spawned.set_exception(ZygoteError(0, f"zygote could not fork: {message['message']}"))
+                elif kind == "ack" and self._ack is not None and not self._ack.done():
+                    self._ack.set_result(str(message.get("error", "")))
+                elif kind == "exit":
+                    future = self._exits.setdefault(int(message["pid"]), loop.create_future())
+                    if not future.done():
+                        future.set_result(int(message["status"]))
+        except (OSError, ValueError):
+            pass
+        finally:
+            gone = ZygoteError(0, f"zygote {self.pid} exited")
+            for future in (self._ready, self._spawned, self._ack, *self._exits.values()):
+                if future is not None and not future.done():
+                    future.set_exception(gone)
+                    future.exception()  # mark retrieved: nobody may be waiting any more
+
+    @property
+    def alive(self) -> bool:
+        return self.process.returncode is None and not self._reader.done()
+
+    def spawn(self, plan: dict[str, Any], fds: tuple[int, int, int]) -> asyncio.Future[int]:
+        """Send the zygote a worker to start, confined by ``plan``, with ``fds`` (channel,
+        stdout, stderr) — they may be closed once this returns. The future gives the
+        worker's pid (in the invoker's PID namespace) or raises ``ZygoteError``; the worker
+        is already confining itself meanwhile. Raises ``ZygoteError`` when the zygote is gone."""
+        loop = asyncio.get_running_loop()
+        self._spawned = loop.create_future()
+        try:
+            socket.send_fds(self._control, [json.dumps({"type": "spawn", "plan": plan}).encode()], list(fds))
+        except OSError as exc:
+            raise ZygoteError(exc.errno or 0, f"zygote {self.pid} is gone: {exc}") from exc
+        self._spawned.add_done_callback(
+            lambda f: None if f.cancelled() or f.exception() else self._exits.setdefault(f.result(), loop.create_future()))
+        return self._spawned
+
+    async def show_code(self, code_dir: str | None) -> None:
+        """Tier A: bind ``code_dir`` at ``/var/task`` of the zygote's template (None: take
+        it back); a stem cell forked from it sees it at once. Raises ``ZygoteError``."""
+        self._ack = asyncio.get_running_loop().create_future()
+        message = {"type": "show", "code_dir": code_dir} if code_dir else {"type": "hide"}
+        try:
+            await asyncio.get_running_loop().sock_sendall(self._control, json.dumps(message).encode())
+            error = await asyncio.wait_for(asyncio.shield(self._ack), READY_TIMEOUT_S)
+        except (OSError, TimeoutError) as exc:
+            raise ZygoteError(0, f"zygote {self.pid} did not answer: {exc}") from exc
+        if error:
+            raise ZygoteError(0, f"zygote {self.pid} cannot show the code: {error}")
+
+    def exited(self, pid: int) -> bool:
+        """Whether worker ``pid`` is known to have ended (or the zygote is gone)."""
+        future = self._exits.get(pid)
+        return not self.alive or (future is not None and future.done())
+
+    async def wait_exit(self, pid: int) -> int:
+        """The wait status of worker ``pid`` once it ended. Raises ``ZygoteError`` when the
+        zygote died first (then the status is unknowable)."""
+        future = self._exits.setdefault(pid, asyncio.get_running_loop().create_future())
+        try:
+            return await asyncio.shield(future)
+        finally:
+            if future.done():
+                self._exits.pop(pid, None)
+
+    async def close(self) -> None:
+        """Kill the zygote (its workers die with it: they have it as parent-death signal)
+        and reap it. Idempotent."""
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+        await self.process.wait()
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+        self._control.close()
+
+
+def decode_status(status: int) -> int:
+    """A wait status as ``Popen.returncode`` would say it (negative: killed by that signal)."""
+    if os.WIFSIGNALED(status):
+        return -os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)

@@ -1,0 +1,137 @@
+"""The Node runtime in the same sandboxes and pool as Python: exec'd by the slot's zygote
+after confinement, its failures classified the same way, nothing left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from invoker.runtimes import Interpreters
+from invoker.sandboxes import Sandbox
+from invoker.worker import WorkerSpec
+from lamina.core.invocations import Outcome
+from tests.conftest import service_missing
+from tests.invoker.conftest import RecordingPool, assert_clean, task_root, write_code
+
+NODE_APP = """
+    const fs = require('fs');
+    const token = require('crypto').randomBytes(8).toString('hex');
+    console.log(`token=${token}`);
+
+    exports.handler = async (event, context) => {
+      console.log(`token=${token}`);
+      if (event.do === 'throw') throw new TypeError('bad thing');
+      if (event.do === 'exit') process.exit(4);
+      if (event.do === 'hog') { const held = []; for (;;) held.push(new Array(1e6).fill(1)); }
+      if (event.do === 'sleep') await new Promise((resolve) => setTimeout(resolve, 30000));
+      if (event.do === 'write') {
+        const out = {};
+        for (const path of ['/var/task/x', '/etc/x', '/tmp/ok']) {
+          try { fs.writeFileSync(path, 'x'); out[path] = 'ok'; } catch (err) { out[path] = err.code; }
+        }
+        return out;
+      }
+      return { token, cwd: process.cwd(), uid: process.getuid(), greeting: process.env.GREETING,
+               requestId: context.awsRequestId };
+    };
+"""
+
+
+@pytest.fixture(scope="module")
+def node() -> str:
+    found = Interpreters().find("nodejs20")
+    if found is None:
+        service_missing("node 20 and the Node bootstrap")
+    return found
+
+
+def _spec(code: Path, node: str, **overrides: object) -> WorkerSpec:
+    values: dict = {"memory_mb": 128, "timeout_s": 5.0, "environment": {"GREETING": "hi"}} | overrides
+    return WorkerSpec("njs", 1, "index.handler", values["memory_mb"], values["timeout_s"], code, node,
+                      values["environment"], runtime="nodejs20")
+
+
+async def _stem_cell_ready(sandbox: Sandbox) -> None:
+    for _ in range(200):
+        if sandbox.ready_stem_cells():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("no stem cell was started")
+
+
+async def test_node_cold_starts_adopt_started_stem_cells_and_slots_are_reused(
+        pool: RecordingPool, sandbox: Sandbox, node: str, tmp_path: Path) -> None:
+    first = await pool.invoke(_spec(write_code(tmp_path / "first", {"index.js": NODE_APP}), node), "n1", b"{}")
+    assert first.outcome is Outcome.SUCCESS
+    tokens = {json.loads(first.payload)["token"]}
+    for round_ in range(3):  # each adopted cell's slot is reused by a later cell
+        await _stem_cell_ready(sandbox)
+        code = write_code(tmp_path / f"fn{round_}", {"index.js": NODE_APP})
+        spec = WorkerSpec(f"fn{round_}", 1, "index.handler", 128, 5.0, code, node, {"GREETING": f"stem {round_}"},
+                          runtime="nodejs20")
+
+        adopted = await pool.invoke(spec, f"s{round_}", b"{}")
+
+        assert adopted.outcome is Outcome.SUCCESS and adopted.cold_start, adopted
+        body = json.loads(adopted.payload)
+        assert body["greeting"] == f"stem {round_}" and body["cwd"] == task_root(sandbox, code)
+        assert body["token"] not in tokens
+        tokens.add(body["token"])
+        pool.reap_idle(float("inf"))
+        await pool.settle()
+        await assert_clean(sandbox)
+
+
+def _token(logs: str) -> str:
+    return next(line for line in logs.splitlines() if line.startswith("token="))[6:]
+
+
+async def test_a_node_function_runs_sandboxed_and_stays_warm(
+        pool: RecordingPool, sandbox: Sandbox, node: str, tmp_path: Path) -> None:
+    code = write_code(tmp_path / "code", {"index.js": NODE_APP})
+
+    cold = await pool.invoke(_spec(code, node), "n1", b"{}")
+    warm = await pool.invoke(_spec(code, node), "n2", b"{}")
+
+    assert cold.outcome is Outcome.SUCCESS and cold.cold_start, cold
+    body = json.loads(cold.payload)
+    assert body["cwd"] == task_root(sandbox, code) and body["greeting"] == "hi" and body["requestId"] == "n1"
+    if sandbox.tier == "A":
+        assert body["uid"] == sandbox.uid_base + pool.idle_workers("njs")[0].slot.index
+    assert warm.outcome is Outcome.SUCCESS and not warm.cold_start
+    assert json.loads(warm.payload)["token"] == body["token"]
+
+
+@pytest.mark.parametrize(("action", "outcome", "error_type", "message"), [
+    ("throw", Outcome.FUNCTION_ERROR, "TypeError", "bad thing"),
+    ("exit", Outcome.CRASHED, "Runtime.ExitError", "exit status 4"),
+    ("hog", Outcome.OUT_OF_MEMORY, "Runtime.OutOfMemory", "memory limit 128 MB"),
+    ("sleep", Outcome.TIMEOUT, "Sandbox.Timedout", "Task timed out after 2.00 seconds"),
+])
+async def test_node_failures_are_classified_and_leave_nothing_behind(
+        pool: RecordingPool, sandbox: Sandbox, node: str, tmp_path: Path, action: str, outcome: Outcome,
+        error_type: str, message: str) -> None:
+    code = write_code(tmp_path / "code", {"index.js": NODE_APP})
+    spec = _spec(code, node, timeout_s=2.0)
+
+    result = await pool.invoke(spec, "bad", json.dumps({"do": action}).encode())
+
+    assert (result.outcome, result.error_type) == (outcome, error_type), result
+    assert message in result.error_message
+    await pool.settle()
+    await assert_clean(sandbox)
+    again = await pool.invoke(spec, "after", b"{}")
+    assert again.outcome is Outcome.SUCCESS
+    assert again.cold_start == (outcome is not Outcome.FUNCTION_ERROR)
+
+
+@pytest.mark.parametrize("sandbox", ["strict"], indirect=True)  # escape tests: tier A only
+async def test_node_cannot_write_outside_tmp_on_tier_a(pool: RecordingPool, node: str, tmp_path: Path) -> None:
+    code = write_code(tmp_path / "code", {"index.js": NODE_APP})
+
+    result = await pool.invoke(_spec(code, node), "w", b'{"do": "write"}')
+
+    assert json.loads(result.payload) == {"/var/task/x": "EROFS", "/etc/x": "EROFS", "/tmp/ok": "ok"}
