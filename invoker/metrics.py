@@ -30,6 +30,9 @@ class InvokerMetrics:
         self.cold_starts = Counter(
             "lamina_invoker_cold_starts_total", "Invocations that had to start a new worker.", ["function"],
             registry=r)
+        self.evictions = Counter(
+            "lamina_invoker_evictions_total", "Idle warm workers stopped to make memory room for another "
+            "function's worker, by the evicted worker's function.", ["function"], registry=r)
         self.duration = Histogram(
             "lamina_invoker_duration_seconds", "Time the handler ran per invocation (excluding init), seconds.",
             ["function"], buckets=DURATION_BUCKETS, registry=r)

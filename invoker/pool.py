@@ -50,6 +50,8 @@ class WorkerPool:
         self._members: set[Worker] = set()
         self._live: collections.Counter[str] = collections.Counter()
         self._reserved_mb = 0
+        #: Set (and replaced) whenever a worker is released or its memory freed.
+        self._changed = asyncio.Event()
         self._stopping: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -68,9 +70,10 @@ class WorkerPool:
     async def invoke(self, spec: WorkerSpec, request_id: str, payload: bytes) -> InvocationResult:
         """Run one invocation on a warm worker of ``spec`` or a new one; always a result.
 
-        Raises ``LimitExceeded`` when a new worker would exceed the memory capacity and no
-        idle worker can be evicted (a sandbox that cannot make a slot is a crashed result)."""
-        worker = self._acquire(spec)
+        When the memory capacity is taken, least recently used idle workers are stopped to
+        make room; when busy workers hold all of it, the call waits for one to be released,
+        at most the function's timeout, then raises ``LimitExceeded``."""
+        worker = await self._acquire(spec)
         self._busy.add(worker)
         self.metrics.in_flight.inc()
         try:
@@ -82,16 +85,58 @@ class WorkerPool:
         self.metrics.observe(spec.function, result)
         return result
 
-    def _acquire(self, spec: WorkerSpec) -> Worker:
-        if self._closed:
-            raise Unavailable(f"invoker {self.invoker_id} is shutting down")
-        idle = self._idle.get((spec.function, spec.revision))
-        while idle:
-            worker = idle.pop()
-            if worker.reusable:
-                return worker
-            self._discard(worker)
-        self._make_room(spec.memory_mb)
+    async def _acquire(self, spec: WorkerSpec) -> Worker:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + spec.timeout_s
+        while True:
+            if self._closed:
+                raise Unavailable(f"invoker {self.invoker_id} is shutting down")
+            idle = self._idle.get((spec.function, spec.revision))
+            while idle:
+                worker = idle.pop()
+                if worker.reusable:
+                    return worker
+                self._discard(worker)
+            if self._fits(spec.memory_mb):
+                return self._new_worker(spec)
+            victims = self._victims(spec.memory_mb)
+            if victims:
+                # Awaited, not backgrounded: the memory is free only once they are gone.
+                await asyncio.gather(*(self._stop(v) for v in victims))
+                continue
+            changed = self._changed
+            try:
+                async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                    await changed.wait()
+            except TimeoutError:
+                raise LimitExceeded(
+                    f"invoker {self.invoker_id} has no memory for another {spec.memory_mb} MB worker: "
+                    f"{self._reserved_mb} of {self.memory_capacity_mb} MB are held by busy workers"
+                ) from None
+
+    def _fits(self, memory_mb: int) -> bool:
+        return not self.memory_capacity_mb or self._reserved_mb + memory_mb <= self.memory_capacity_mb
+
+    def _victims(self, memory_mb: int) -> list[Worker]:
+        """Idle workers to stop, least recently used first, so that ``memory_mb`` more fits;
+        none when even all of them would not make enough room (they stay warm, and the
+        caller waits for a busy worker instead)."""
+        candidates = sorted((w for ws in self._idle.values() for w in ws), key=lambda w: w.last_used)
+        need = self._reserved_mb + memory_mb - self.memory_capacity_mb
+        chosen, freed = [], 0
+        for worker in candidates:
+            if freed >= need:
+                break
+            chosen.append(worker)
+            freed += worker.spec.memory_mb
+        if freed < need:
+            return []
+        for worker in chosen:
+            self._idle[(worker.spec.function, worker.spec.revision)].remove(worker)
+            self.metrics.evictions.labels(worker.spec.function).inc()
+        return chosen
+
+    def _new_worker(self, spec: WorkerSpec) -> Worker:
         worker = Worker(spec, self.sandbox, log_sink=self._sink, log_cap_bytes=self._cap, invoker_id=self.invoker_id,
                         worker_id=uuid.uuid4().hex[:16])
         self._members.add(worker)
@@ -100,25 +145,17 @@ class WorkerPool:
         self._gauge(spec.function)
         return worker
 
-    def _make_room(self, memory_mb: int) -> None:
-        """Evict least recently used idle workers until ``memory_mb`` more fits."""
-        if not self.memory_capacity_mb:
-            return
-        while self._reserved_mb + memory_mb > self.memory_capacity_mb:
-            candidates = [w for ws in self._idle.values() for w in ws]
-            if not candidates:
-                raise LimitExceeded(
-                    f"invoker {self.invoker_id} has no memory for another {memory_mb} MB worker "
-                    f"({self._reserved_mb} of {self.memory_capacity_mb} MB reserved by busy workers)")
-            victim = min(candidates, key=lambda w: w.last_used)
-            self._idle[(victim.spec.function, victim.spec.revision)].remove(victim)
-            self._discard(victim)
+    def _notify(self) -> None:
+        """Wake every caller waiting for a worker or for memory."""
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
     async def _release(self, worker: Worker) -> None:
         spec = worker.spec
         current = spec.revision >= self._latest.get(spec.function, 0)
         if worker.reusable and current and not self._closed:
             self._idle[(spec.function, spec.revision)].append(worker)
+            self._notify()
             return
         await self._stop(worker)
 
@@ -137,6 +174,7 @@ class WorkerPool:
                 self._live[worker.spec.function] -= 1
                 self._reserved_mb -= worker.spec.memory_mb
                 self._gauge(worker.spec.function)
+                self._notify()
 
     def _gauge(self, function: str) -> None:
         self.metrics.warm_workers.labels(function).set(self._live[function])
@@ -182,6 +220,7 @@ class WorkerPool:
         """Stop every worker, busy ones included (their invocations end as crashed), and wait
         until all are gone. The pool accepts no invocation afterwards. Idempotent."""
         self._closed = True
+        self._notify()
         for workers in self._idle.values():
             for worker in workers:
                 self._discard(worker)
