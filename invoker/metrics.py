@@ -65,12 +65,18 @@ class InvokerMetrics:
             "lamina_invoker_isolation_info", "Always 1; the labels name the isolation tier (A: cgroups, "
             "namespaces, uid, seccomp…; B: unprivileged pod; C: processes only) and its active layers.",
             ["tier", "layers"], registry=r)
+        self._outcomes: dict[tuple[str, str], Counter] = {}
+        self._per_function: dict[str, tuple[Histogram, Counter, Histogram]] = {}
 
     def observe(self, function: str, result: InvocationResult) -> None:
         """Record one finished invocation."""
-        self.invocations.labels(function, result.outcome.value).inc()
+        outcome = result.outcome.value
+        counter = self._outcomes.get((function, outcome))
+        if counter is None:
+            counter = self._outcomes[(function, outcome)] = self.invocations.labels(function, outcome)
+        counter.inc()
         if result.duration_ms:
-            self.duration.labels(function).observe(result.duration_ms / 1000)
+            self._children(function)[0].observe(result.duration_ms / 1000)
         if result.cold_start:
             self.cold_starts.labels(function).inc()
             if result.init_duration_ms:
@@ -78,8 +84,20 @@ class InvokerMetrics:
 
     def bill(self, record: InvocationRecord) -> None:
         """Record what one finished invocation is billed."""
-        self.gb_seconds.labels(record.function).inc(record.gb_seconds)
-        self.billed_duration.labels(record.function).observe(record.billed_ms / 1000)
+        _, gb_seconds, billed = self._children(record.function)
+        gb_seconds.inc(record.gb_seconds)
+        billed.observe(record.billed_ms / 1000)
+
+    def _children(self, function: str) -> tuple[Histogram, Counter, Histogram]:
+        """The per-invocation series of ``function`` (duration, GB-seconds, billed duration),
+        looked up once: ``labels()`` validates and locks on every call. No series is ever
+        removed, so a cached child stays the registered one."""
+        children = self._per_function.get(function)
+        if children is None:
+            children = self._per_function[function] = (
+                self.duration.labels(function), self.gb_seconds.labels(function),
+                self.billed_duration.labels(function))
+        return children
 
     def text(self) -> str:
         """The Prometheus text exposition of this registry."""

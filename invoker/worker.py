@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from invoker.logship import LogCapture
 from invoker.runtimes import is_exec_runtime, launch_argv, runtime_dir
@@ -109,6 +110,105 @@ class _NoReply(Exception):
         self.detail = detail
 
 
+class _Channel(asyncio.Protocol):
+    """The worker's socket: frames cut out of one buffer in ``data_received``, each call one
+    future and one ``call_later`` deadline (no task, no ``readexactly`` per field). One call
+    at a time; what arrives between calls waits in the buffer, as it would in a reader."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._waiter: asyncio.Future[tuple[dict, bytes]] | None = None
+        self._eof = False
+        self._lost: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self._lost = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if self._waiter is not None:
+            self._parse()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        if self._waiter is not None:
+            self._parse()
+        return False  # close our end too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        if self._waiter is not None:
+            self._parse()
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+
+    def _parse(self) -> None:
+        """Resolve the waiter with the next reply in the buffer (a Node stem cell's "ready"
+        announcements skipped), or fail it; leave it pending while a frame is incomplete."""
+        waiter = self._waiter
+        assert waiter is not None
+        buffer = self._buffer
+        while True:
+            if len(buffer) < _FRAME.size:
+                break
+            header_len, body_len = _FRAME.unpack_from(buffer)
+            if header_len > 1024 * 1024 or body_len > MAX_REPLY_BYTES:
+                self._fail(_NoReply("invalid", f"reply frame of {header_len}+{body_len} bytes"))
+                return
+            end = _FRAME.size + header_len + body_len
+            if len(buffer) < end:
+                break
+            try:
+                reply = json.loads(bytes(buffer[_FRAME.size:_FRAME.size + header_len]))
+                kind = reply.get("type")
+            except (ValueError, AttributeError) as exc:
+                self._fail(_NoReply("invalid", f"malformed reply: {exc}"))
+                return
+            body = bytes(buffer[_FRAME.size + header_len:end]) if body_len else b""
+            del buffer[:end]
+            if kind != "ready":
+                self._waiter = None
+                if not waiter.done():
+                    waiter.set_result((reply, body))
+                return
+        if self._eof:
+            self._fail(_NoReply("closed"))
+
+    def _fail(self, exc: _NoReply) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+
+    def _expire(self) -> None:
+        self._fail(_NoReply("timeout"))
+
+    async def exchange(self, frame: bytes | None, timeout: float) -> tuple[dict, bytes]:
+        """Send ``frame`` (None: already sent), then wait for the reply, within ``timeout``."""
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout, self._expire)
+        try:
+            if frame is not None:
+                transport = self.transport
+                if self._eof or transport is None or transport.is_closing():
+                    raise _NoReply("closed")
+                transport.write(frame)
+            self._parse()
+            return await waiter
+        finally:
+            timer.cancel()
+            if self._waiter is waiter:
+                self._waiter = None
+
+    async def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+            if self._lost is not None:
+                await self._lost
+
+
 class Worker:
     """A runtime process in a sandbox slot. Not safe for two concurrent invocations: the
     pool hands a worker to one caller at a time."""
@@ -129,8 +229,7 @@ class Worker:
         self._cap = log_cap_bytes
         self._exit: asyncio.Task[int | None] | None = None
         self._returncode: int | None = None
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._channel: _Channel | None = None
         self._pipes: dict[int, tuple[str, bytearray]] = {}
         self._capture: LogCapture | None = None
         self._request_id = ""
@@ -159,7 +258,7 @@ class Worker:
                 init_ms = (time.monotonic() - began) * 1000
                 if failure is not None:
                     return self._finish(failure, cold, init_ms, 0.0)
-            self._platform(f"START RequestId: {request_id} Version: $LATEST")
+            self._report(f"START RequestId: {request_id} Version: $LATEST")
             header = {"type": "invoke", "request_id": request_id, "invoked_function_arn": self.spec.arn,
                       "deadline_ms": time.time() * 1000 + self.spec.timeout_s * 1000}
             began = time.monotonic()
@@ -210,11 +309,11 @@ class Worker:
         result.max_memory_used_mb = math.ceil(self._peak / (1024 * 1024))
         result.invoker_id = self.invoker_id
         rid = self._request_id
-        self._platform(f"END RequestId: {rid}")
+        self._report(f"END RequestId: {rid}")
         report = (f"REPORT RequestId: {rid}\tDuration: {duration_ms:.2f} ms\tBilled Duration: "
                   f"{billed_ms(duration_ms)} ms\tMemory Size: {self.spec.memory_mb} MB\t"
                   f"Max Memory Used: {result.max_memory_used_mb} MB")
-        self._platform(report + (f"\tInit Duration: {init_ms:.2f} ms" if cold else ""))
+        self._report(report + (f"\tInit Duration: {init_ms:.2f} ms" if cold else ""))
         assert self._capture is not None
         result.logs = self._capture.text()
         if result.outcome not in (Outcome.SUCCESS, Outcome.FUNCTION_ERROR):
@@ -288,7 +387,7 @@ class Worker:
             os.set_blocking(fd, False)
             self._pipes[fd] = (stream, bytearray())
             loop.add_reader(fd, self._read_pipe, fd)
-        self._reader, self._writer = await asyncio.open_unix_connection(sock=ours)
+        _, self._channel = await loop.create_unix_connection(_Channel, sock=ours)
         # The INIT reply and the zygote's "spawned" race: neither waits for the other.
         no_reply: _NoReply | None = None
         try:
@@ -331,8 +430,7 @@ class Worker:
             os.set_blocking(fd, False)
             self._pipes[fd] = (stream, bytearray())
             loop.add_reader(fd, self._read_pipe, fd)
-        cell.channel.setblocking(True)
-        self._reader, self._writer = await asyncio.open_unix_connection(sock=cell.channel)
+        _, self._channel = await loop.create_unix_connection(_Channel, sock=cell.channel)
         try:
             await slot.show_code(spec.code_dir)
         except OSError as exc:
@@ -362,31 +460,12 @@ class Worker:
 
     async def _exchange(self, header: dict | None, body: bytes = b"") -> tuple[dict, bytes]:
         """Send ``header`` + ``body`` (None: already sent), read the reply, within the timeout."""
-        assert self._reader is not None and self._writer is not None
-        try:
-            async with asyncio.timeout(self.spec.timeout_s):
-                if header is not None:
-                    raw = json.dumps(header).encode()
-                    self._writer.write(_FRAME.pack(len(raw), len(body)) + raw + body)
-                    await self._writer.drain()
-                header_len, body_len = _FRAME.unpack(await self._reader.readexactly(_FRAME.size))
-                if header_len > 1024 * 1024 or body_len > MAX_REPLY_BYTES:
-                    raise _NoReply("invalid", f"reply frame of {header_len}+{body_len} bytes")
-                reply = json.loads(await self._reader.readexactly(header_len))
-                body = await self._reader.readexactly(body_len) if body_len else b""
-                while reply.get("type") == "ready":  # a Node stem cell announcing itself
-                    header_len, body_len = _FRAME.unpack(await self._reader.readexactly(_FRAME.size))
-                    if header_len > 1024 * 1024 or body_len > MAX_REPLY_BYTES:
-                        raise _NoReply("invalid", f"reply frame of {header_len}+{body_len} bytes")
-                    reply = json.loads(await self._reader.readexactly(header_len))
-                    body = await self._reader.readexactly(body_len) if body_len else b""
-                return reply, body
-        except TimeoutError as exc:
-            raise _NoReply("timeout") from exc
-        except (asyncio.IncompleteReadError, ConnectionError) as exc:
-            raise _NoReply("closed") from exc
-        except (ValueError, AttributeError) as exc:
-            raise _NoReply("invalid", f"malformed reply: {exc}") from exc
+        assert self._channel is not None
+        frame = None
+        if header is not None:
+            raw = json.dumps(header).encode()
+            frame = _FRAME.pack(len(raw), len(body)) + raw + body
+        return await self._channel.exchange(frame, self.spec.timeout_s)
 
     async def _failure(self, no_reply: _NoReply, phase: str) -> InvocationResult:
         """Why no reply came, once the process is gone: OOM counter, our timeout, an exit."""
@@ -448,13 +527,9 @@ class Worker:
             self._drain()
         for fd in list(self._pipes):
             self._close_pipe(fd)
-        if self._writer is not None:
-            self._writer.close()
-            try:
-                await self._writer.wait_closed()
-            except (ConnectionError, OSError):
-                pass
-            self._writer = None
+        if self._channel is not None:
+            channel, self._channel = self._channel, None
+            await channel.close()
         if self.slot is not None:
             slot, self.slot = self.slot, None
             await self.sandbox.release(slot)
@@ -525,9 +600,17 @@ class Worker:
             self._ship(stream if shipped is text else "platform", shipped)
 
     def _platform(self, text: str) -> None:
+        """A note from the invoker about this invocation: inline and shipped to the controller."""
         if self._capture is not None:
             self._capture.lines.append(text)
         self._ship("platform", text)
+
+    def _report(self, text: str) -> None:
+        """START/END/REPORT: in the invocation's inline logs (the log tail) only. Not shipped
+        to the controller: its record carries the same figures, and shipping them tripled
+        the log records per invocation (docs/performance.md)."""
+        if self._capture is not None:
+            self._capture.lines.append(text)
 
     def _ship(self, stream: str, text: str) -> None:
         self._sink(LogRecord(self.spec.function, self._request_id, time.time(), stream, text))

@@ -99,20 +99,37 @@ def find_hierarchy() -> Hierarchy:
     raise OSError(errno.ENOTSUP, "no writable cgroup memory controller (v1 memory mount or delegated v2 memory)")
 
 
-def _read_key(path: Path, key: str) -> int:
+def _read(path: str | Path) -> bytes:
+    """The whole of a small kernel file, with plain syscalls: these are read several times
+    per invocation, where ``Path.read_text``'s text layer cost more than the read itself."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        for line in path.read_text().splitlines():
-            name, _, value = line.partition(" ")
-            if name == key:
+        data = os.read(fd, 65536)
+        if len(data) == 65536:
+            chunks = [data]
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+            data = b"".join(chunks)
+        return data
+    finally:
+        os.close(fd)
+
+
+def _read_key(path: str | Path, key: str) -> int:
+    try:
+        wanted = key.encode()
+        for line in _read(path).splitlines():
+            name, _, value = line.partition(b" ")
+            if name == wanted:
                 return int(value)
     except (OSError, ValueError):
         pass
     return 0
 
 
-def _pids(directory: Path) -> list[int]:
+def _pids(directory: Path, procs: str | None = None) -> list[int]:
     try:
-        return [int(p) for p in (directory / "cgroup.procs").read_text().split()]
+        return [int(p) for p in _read(procs or directory / "cgroup.procs").split()]
     except (OSError, ValueError):
         return []
 
@@ -162,6 +179,12 @@ class SlotCgroups:
         self.pids_dir = pids_dir
         self._v = hierarchy.version
         self._limits = (0, 0)
+        # The files read on every invocation, as strings (no Path arithmetic on the hot path).
+        v1 = self._v == 1
+        self._oom_file = str(memory_dir / ("memory.oom_control" if v1 else "memory.events"))
+        self._peak_file = str(memory_dir / ("memory.max_usage_in_bytes" if v1 else "memory.peak"))
+        self._procs_file = str(memory_dir / "cgroup.procs")
+        self._pids_events = str(pids_dir / "pids.events") if pids_dir is not None else None
         for directory in (memory_dir, pids_dir):
             if directory is not None:
                 if directory.exists():
@@ -211,24 +234,21 @@ class SlotCgroups:
             return 0
 
     def oom_kills(self) -> int:
-        if self._v == 1:
-            return _read_key(self.memory_dir / "memory.oom_control", "oom_kill")
-        return _read_key(self.memory_dir / "memory.events", "oom_kill")
+        return _read_key(self._oom_file, "oom_kill")
 
     def pids_limit_hits(self) -> int:
         """How often a fork failed on ``pids.max`` (``pids.events``: ``max``)."""
-        return _read_key(self.pids_dir / "pids.events", "max") if self.pids_dir is not None else 0
+        return _read_key(self._pids_events, "max") if self._pids_events is not None else 0
 
     def max_memory_bytes(self) -> int:
-        name = "memory.max_usage_in_bytes" if self._v == 1 else "memory.peak"
         try:
-            return int((self.memory_dir / name).read_text())
+            return int(_read(self._peak_file))
         except (OSError, ValueError):
             return 0
 
     def processes(self) -> list[int]:
         """Processes (not threads) in the slot, its zygote included."""
-        return _pids(self.memory_dir)
+        return _pids(self.memory_dir, self._procs_file)
 
     def kill(self, spare: tuple[int, ...] = ()) -> None:
         """SIGKILL every process in the slot but ``spare``; repeat while a fork races us."""

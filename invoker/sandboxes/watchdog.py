@@ -32,8 +32,42 @@ def _parents() -> dict[int, int]:
     return found
 
 
+def _children(pid: int) -> list[int] | None:
+    """The children of ``pid`` from ``/proc/<pid>/task/*/children`` (a child belongs to the
+    thread that forked it); None when the kernel has no such file (CONFIG_PROC_CHILDREN)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []  # it is gone: no children
+    found: list[int] = []
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as children:
+                found.extend(int(child) for child in children.read().split())
+        except FileNotFoundError:
+            if not os.path.exists(f"/proc/{pid}/task/{tid}"):
+                continue  # the thread ended meanwhile
+            return None
+        except OSError:
+            continue
+    return found
+
+
 def descendants(root: int) -> list[int]:
-    """Every live process below ``root`` (not ``root`` itself)."""
+    """Every live process below ``root`` (not ``root`` itself). Walks the tree from ``root``
+    (what is below one zygote, a handful of processes) rather than reading every process of
+    the host: the full scan cost ~14 ms per invocation on a busy 2-core machine."""
+    found, todo = [], [root]
+    while todo:
+        children = _children(todo.pop())
+        if children is None:
+            return _scan_descendants(root)
+        found.extend(children)
+        todo.extend(children)
+    return found
+
+
+def _scan_descendants(root: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for pid, ppid in _parents().items():
         children.setdefault(ppid, []).append(pid)

@@ -15,7 +15,8 @@ class LogRecord:
     request_id: str
     #: Unix seconds when the invoker captured the line.
     timestamp: float
-    #: "stdout", "stderr" or "platform" (START/END lines and failures the invoker reports).
+    #: "stdout", "stderr" or "platform" (notes from the invoker: truncation, leftover
+    #: processes; START/END/REPORT are only in the invocation's inline logs, not shipped).
     stream: str
     message: str
     #: Assigned by the controller when stored; ascending, so a tail resumes after the last.

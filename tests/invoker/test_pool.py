@@ -177,6 +177,9 @@ async def test_logs_are_attributed_per_request_and_capped(pool: RecordingPool, t
     assert ("req-b", "platform", TRUNCATED_MARKER) in shipped
     assert not any(r.request_id == "req-b" and r.message == "req-b line 4999" for r in pool.records)
     assert ("req-c", "stdout", "req-c line 0") in shipped
+    # START/END/REPORT are in the inline logs above, never shipped to the controller.
+    assert not any(r.message.startswith(("START RequestId", "END RequestId", "REPORT RequestId"))
+                   for r in pool.records)
 
 
 async def test_the_worker_is_isolated_from_the_platform(

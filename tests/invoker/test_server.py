@@ -107,7 +107,12 @@ async def test_invoke_through_a_real_invoker_and_controller(controller: str, tmp
 
         shipped = await _eventually(lambda: client.query_logs("hello", request_id="req-1"))
         assert "handling req-1" in [r.message for r in shipped]
-        assert {r.stream for r in shipped} >= {"stdout", "platform"}
+        assert "stdout" in {r.stream for r in shipped}
+        # START/END/REPORT stay in the invocation's inline logs (the log tail); the record
+        # carries their figures, so they are not shipped to the controller.
+        assert "REPORT RequestId: req-1" in cold.logs and "START RequestId: req-1" in cold.logs
+        assert not any(r.message.startswith(("START RequestId", "END RequestId", "REPORT RequestId"))
+                       for r in shipped)
 
         # A new revision: the next call starts a new worker with the new environment,
         # and the old worker is retired.
