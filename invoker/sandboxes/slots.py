@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from invoker.runtimes import RUNTIMES_DIR
 from invoker.sandboxes import cgroup, probe
-from invoker.sandboxes.watchdog import descendants, kill_descendants
+from invoker.sandboxes.watchdog import children_of, descendants, kill_descendants
 from invoker.zygote import Zygote
 
 if TYPE_CHECKING:
@@ -254,7 +254,11 @@ class ZygoteSlot:
         if self.zygote is None:
             return
         if self.cgroups is not None:
-            self.cgroups.kill(spare=(self.zygote.pid, self.zygote.spare_pid))
+            # The zygote's other children are spares (one may be too new for its pid to
+            # have reached us); the worker's own descendants live in its PID namespace and
+            # died with it, so the sweep only catches what escaped that.
+            spares = [child for child in children_of(self.zygote.pid) or () if child != pid]
+            self.cgroups.kill(spare=(self.zygote.pid, self.zygote.spare_pid, *spares))
         else:
             kill_descendants(self.zygote.pid, spare=self.zygote.spare_pid)
 

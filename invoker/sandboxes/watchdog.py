@@ -32,7 +32,7 @@ def _parents() -> dict[int, int]:
     return found
 
 
-def _children(pid: int) -> list[int] | None:
+def children_of(pid: int) -> list[int] | None:
     """The children of ``pid`` from ``/proc/<pid>/task/*/children`` (a child belongs to the
     thread that forked it); None when the kernel has no such file (CONFIG_PROC_CHILDREN)."""
     try:
@@ -59,7 +59,7 @@ def descendants(root: int) -> list[int]:
     the host: the full scan cost ~14 ms per invocation on a busy 2-core machine."""
     found, todo = [], [root]
     while todo:
-        children = _children(todo.pop())
+        children = children_of(todo.pop())
         if children is None:
             return _scan_descendants(root)
         found.extend(children)

@@ -273,8 +273,16 @@ def main():
                     due = None
                     spare, spare_sock = _prefork(ctl)
                 pid, sock = spare, spare_sock
+                plan = json.dumps(message["plan"]).encode()
                 try:
-                    socket.send_fds(sock, [json.dumps(message["plan"]).encode()], fds)
+                    try:
+                        socket.send_fds(sock, [plan], fds)
+                    except OSError:
+                        # The spare died before we reaped it (killed with a worker's
+                        # leftovers, say): one fresh child, not a failed invocation.
+                        sock.close()
+                        pid, sock = _prefork(ctl)
+                        socket.send_fds(sock, [plan], fds)
                 except OSError as exc:
                     _send(ctl, {"type": "spawn_error", "message": f"the pre-forked worker is gone: {exc}"})
                     pid = 0
