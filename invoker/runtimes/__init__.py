@@ -22,6 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from invoker.runtimes.node import node_major
 from lamina.core.errors import InvalidSpec
 
 RUNTIMES_DIR = Path(__file__).resolve().parent
@@ -51,14 +52,6 @@ def launch_argv(runtime: str, binary: str, memory_mb: int, runtime_root: str) ->
 
     argv = node.launch_argv(binary, memory_mb, 0)
     return [f"{runtime_root}/bootstrap.js" if arg == str(node.NODE_BOOTSTRAP) else arg for arg in argv[:-1]] + ["{fd}"]
-
-
-def _node_major(binary: str) -> int | None:
-    try:
-        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10, check=True).stdout
-        return int(out.strip().lstrip("v").split(".")[0])
-    except (OSError, subprocess.SubprocessError, ValueError):
-        return None
 
 
 def _real(path: str) -> str:
@@ -108,7 +101,7 @@ class Interpreters:
         node = _NODE_RUNTIME.match(runtime)
         if node and NODE_BOOTSTRAP.exists():
             found = shutil.which("node")
-            if found and _node_major(_real(found)) == int(node[1]):
+            if found and node_major(_real(found)) == int(node[1]):
                 binary = _real(found)
         match = _PYTHON_RUNTIME.match(runtime)
         if match:
