@@ -52,6 +52,9 @@ class CodeCache:
         self.root = root
         self._client = client
         self._locks: dict[str, asyncio.Lock] = {}
+        #: Digests already seen extracted, with their directory (Path and str): the warm path
+        #: still checks the directory exists, with one ``os.path.isdir`` and no Path arithmetic.
+        self._known: dict[str, tuple[Path, str]] = {}
 
     def path(self, sha256: str) -> Path:
         return self.root / sha256
@@ -62,10 +65,14 @@ class CodeCache:
         Raises ``InvalidSpec`` for a malformed digest or bundle, ``NotFound`` when the
         controller has no such code, ``Unavailable`` when it cannot be reached or the bytes
         do not match the digest. Safe to call concurrently: one download per digest."""
+        known = self._known.get(sha256)
+        if known is not None and os.path.isdir(known[1]):
+            return known[0]
         if not _DIGEST.match(sha256 or ""):
             raise InvalidSpec(f"invalid code digest {sha256!r}")
         target = self.path(sha256)
         if target.is_dir():
+            self._known[sha256] = (target, str(target))
             return target
         lock = self._locks.setdefault(sha256, asyncio.Lock())
         try:

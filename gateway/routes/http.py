@@ -37,30 +37,33 @@ METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 async def function_url(request: Request) -> Response:
     """Invoke the function with the request as an API Gateway 2.0 event."""
     request_id = str(uuid.uuid4())
-    state = request.app.state
-    name = request.path_params["name"]
-    tail = responses.wants_log_tail(request.headers)
+    scope = request.scope
+    state = scope["app"].state
+    path_params = scope.get("path_params", {})
+    name = path_params["name"]
+    raw_headers = scope["headers"]
+    tail = _wants_log_tail(raw_headers)
     try:
         if tail:
             await _authorize_log_tail(request)
         fn = await resolve(request, name)
         body = await read_body(request, state.settings.max_sync_payload_bytes)
-        client = request.client
+        client = scope.get("client")
         event = events.http_event(
             events.HttpRequest(
-                method=request.method,
-                path="/" + request.path_params.get("path", ""),
-                query_string=request.scope["query_string"].decode("latin-1"),
-                headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]],
+                method=scope["method"],
+                path="/" + path_params.get("path", ""),
+                query_string=scope["query_string"].decode("latin-1"),
+                headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw_headers],
                 body=body,
-                source_ip=client.host if client else "",
-                protocol=f"HTTP/{request.scope.get('http_version', '1.1')}",
+                source_ip=client[0] if client else "",
+                protocol=f"HTTP/{scope.get('http_version', '1.1')}",
                 api_id=name,
                 request_id=request_id,
                 received_at=time.time(),
             )
         )
-        payload = json.dumps(event, separators=(",", ":")).encode()
+        payload = _dumps(event).encode()
         result = await run(state.balancer, state.metrics, fn, request_id, payload)
     except LaminaError as exc:
         return responses.error_response(exc, {responses.REQUEST_ID: request_id})
@@ -78,11 +81,29 @@ async def function_url(request: Request) -> Response:
     response = Response(reply.body, reply.status)
     raw = response.raw_headers
     # Raw pairs, so that several Set-Cookie (or any repeated header) stay separate lines.
+    header_bytes = responses.header_bytes
     for key, value in reply.headers:
-        raw.append((responses.header_bytes(key), responses.header_bytes(value)))
+        raw.append((header_bytes(key), header_bytes(value)))
     for key, value in responses.invocation_headers(result, request_id, log_tail=tail).items():
-        raw.append((key.lower().encode("latin-1"), value.encode("latin-1")))
+        raw.append((_LOWER.get(key) or key.lower().encode("latin-1"), value.encode("latin-1")))
     return response
+
+
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+#: The invocation headers' names, lower-cased and encoded once.
+_LOWER = {name: name.lower().encode("latin-1") for name in (
+    responses.REQUEST_ID, responses.COLD_START, responses.DURATION_MS, responses.FUNCTION_ERROR,
+    responses.LOG_RESULT)}
+_LOG_TAIL = responses.LOG_TAIL.lower().encode("latin-1")
+
+
+def _wants_log_tail(raw_headers: list[tuple[bytes, bytes]]) -> bool:
+    """``responses.wants_log_tail`` on the raw ASGI headers (names lower-case; the first one
+    counts, as in Starlette's ``Headers.get``), without building a ``Headers`` object."""
+    for key, value in raw_headers:
+        if key == _LOG_TAIL:
+            return value.decode("latin-1").strip().lower() == "true"
+    return False
 
 
 async def _authorize_log_tail(request: Request) -> None:

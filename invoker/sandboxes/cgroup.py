@@ -116,12 +116,19 @@ def _read(path: str | Path) -> bytes:
 
 
 def _read_key(path: str | Path, key: str) -> int:
+    """The value of the first ``key value`` line of ``path``; 0 when there is none."""
     try:
-        wanted = key.encode()
-        for line in _read(path).splitlines():
-            name, _, value = line.partition(b" ")
-            if name == wanted:
-                return int(value)
+        data = _read(path)
+        wanted = key.encode() + b" "
+        if data.startswith(wanted):
+            start = len(wanted)
+        else:
+            at = data.find(b"\n" + wanted)
+            if at < 0:
+                return 0
+            start = at + 1 + len(wanted)
+        end = data.find(b"\n", start)
+        return int(data[start:end] if end >= 0 else data[start:])
     except (OSError, ValueError):
         pass
     return 0

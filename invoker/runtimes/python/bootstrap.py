@@ -33,6 +33,9 @@ _HEADER = struct.Struct(">II")
 #: Lambda's limit on a synchronous response.
 MAX_RESPONSE_BYTES = 6 * 1024 * 1024
 _THIS_FILE = os.path.abspath(__file__)
+#: The reply header of a successful invocation, encoded once.
+_RESULT = {"type": "result"}
+_RESULT_HEADER = json.dumps(_RESULT).encode()
 
 
 class Channel:
@@ -40,22 +43,28 @@ class Channel:
 
     def __init__(self, fd):
         self.sock = socket.socket(fileno=fd)
+        # What arrived beyond the frame being read: a frame usually comes in one recv.
+        self._buf = bytearray()
 
-    def _recv_exact(self, size):
-        buf = bytearray(size)
-        view = memoryview(buf)
-        got = 0
-        while got < size:
-            n = self.sock.recv_into(view[got:], size - got)
-            if n == 0:
+    def _fill(self, size):
+        """Read until the buffer holds at least ``size`` bytes."""
+        buf = self._buf
+        while len(buf) < size:
+            chunk = self.sock.recv(max(65536, size - len(buf)))
+            if not chunk:
                 raise EOFError("invoker closed the channel")
-            got += n
-        return bytes(buf)
+            buf += chunk
 
     def recv(self):
-        header_len, body_len = _HEADER.unpack(self._recv_exact(_HEADER.size))
-        header = json.loads(self._recv_exact(header_len))
-        return header, self._recv_exact(body_len) if body_len else b""
+        self._fill(_HEADER.size)
+        header_len, body_len = _HEADER.unpack_from(self._buf)
+        end = _HEADER.size + header_len + body_len
+        self._fill(end)
+        buf = self._buf
+        header = json.loads(buf[_HEADER.size:_HEADER.size + header_len])
+        body = bytes(buf[_HEADER.size + header_len:end]) if body_len else b""
+        del buf[:end]
+        return header, body
 
     def send(self, header, body=b""):
         # Logs first: the invoker attributes everything read before a reply to its request.
@@ -64,7 +73,7 @@ class Channel:
                 stream.flush()
             except Exception:  # noqa: BLE001 - a user may have replaced or closed the stream
                 pass
-        raw = json.dumps(header).encode()
+        raw = _RESULT_HEADER if header is _RESULT else json.dumps(header).encode()
         self.sock.sendall(_HEADER.pack(len(raw), len(body)) + raw + body)
 
 
@@ -155,7 +164,7 @@ def invoke(function, header, body):
         return _error("Function.ResponseSizeTooLarge",
                       f"Response payload size ({len(out)} bytes) exceeded maximum allowed payload size "
                       f"({MAX_RESPONSE_BYTES} bytes)."), b""
-    return {"type": "result"}, out
+    return _RESULT, out
 
 
 def serve(fd, code_dir):
