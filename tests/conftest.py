@@ -11,6 +11,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 
 POSTGRES_ADMIN_URL = os.environ.get("LAMINA_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -32,7 +33,6 @@ def service_missing(what: str) -> None:
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database (SQLAlchemy URL), dropped afterwards."""
-    psycopg = pytest.importorskip("psycopg")
     name = f"lamina_test_{uuid.uuid4().hex[:12]}"
     try:
         admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)

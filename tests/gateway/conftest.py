@@ -120,7 +120,6 @@ def start_stack(tmp_path: Path, *, with_invoker: bool = True, **gateway_settings
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Controller, invoker and gateway (federating metrics), shared by a test module."""
-    pytest.importorskip("invoker.server", reason="the invoker package is not there yet")
     s = start_stack(tmp_path_factory.mktemp("stack"), federate_metrics=True)
     try:
         s.wait_ready()

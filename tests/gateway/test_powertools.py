@@ -11,11 +11,7 @@ import base64
 import json
 from types import SimpleNamespace
 
-import pytest
-
 from gateway.events import HttpRequest, http_event, http_response
-
-powertools = pytest.importorskip("aws_lambda_powertools.event_handler")
 
 
 def make_app():  # type: ignore[no-untyped-def]

@@ -14,6 +14,7 @@ import grpc.aio
 import httpx
 import pytest
 
+import invoker.server as invoker_server
 from gateway.balancer import HashRing
 from lamina import wire
 from lamina.controller_client import ControllerClient
@@ -31,9 +32,8 @@ SLOW = zip_of({"app.py": "import time\n\ndef handler(event, context):\n    time.
 def own_stack(tmp_path: Path) -> Iterator[Stack]:
     """A stack of its own, for tests that break its invoker. The invoker has an id of its
     own: the default (hostname-pid) would share the module stack's sandbox scope."""
-    server = pytest.importorskip("invoker.server", reason="the invoker package is not there yet")
     s = start_stack(tmp_path, with_invoker=False)
-    s.invoker = server.InvokerServer(InvokerSettings(
+    s.invoker = invoker_server.InvokerServer(InvokerSettings(
         data_dir=tmp_path / "invoker", controller_url=s.controller.address,
         invoker_listen=f"127.0.0.1:{free_port()}", idle_timeout_s=60, invoker_id=f"own-{tmp_path.name}"))
     s.loop.run(s.invoker.start())
@@ -199,7 +199,8 @@ def test_a_stream_that_cannot_connect_sends_the_call_to_the_next_invoker(stack: 
 def test_the_client_runs_on_uvloop_too() -> None:
     """The gateway runs on uvloop (whose transports are not ``asyncio.Transport``s); the
     stacks above run on asyncio's loop."""
-    uvloop = pytest.importorskip("uvloop")
+    import uvloop
+
     from gateway.stream import ConnectionLost, InvokeStreamClient
     from lamina.framing import encode, split_frames
 

@@ -10,14 +10,13 @@ from pathlib import Path
 
 import pytest
 
+import controller.server as controller_server
 from invoker.codecache import CodeCache
 from lamina.controller_client import ControllerClient
 from lamina.core import bundles
 from lamina.core.errors import InvalidSpec, NotFound, Unavailable
 from lamina.core.settings import ControllerSettings
 from tests.invoker.conftest import write_code
-
-controller_server = pytest.importorskip("controller.server")
 
 
 class CountingClient(ControllerClient):

@@ -5,16 +5,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import pytest
-
+import controller.server as controller_server
 from invoker.logship import TRUNCATED_MARKER, LogCapture, LogShipper
 from invoker.metrics import InvokerMetrics
 from lamina.controller_client import ControllerClient
 from lamina.core.logs import LogRecord
 from lamina.core.settings import ControllerSettings
 from tests.conftest import free_port
-
-controller_server = pytest.importorskip("controller.server")
 
 
 def _record(i: int) -> LogRecord:

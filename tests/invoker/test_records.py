@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc.aio
 import pytest
 
+import controller.server as controller_server
 from invoker.metrics import InvokerMetrics
 from invoker.records import RecordShipper
 from invoker.server import InvokerServer
@@ -28,8 +29,6 @@ from lamina.rpc import invoker_pb2 as pb
 from lamina.rpc import invoker_pb2_grpc as pb_grpc
 from tests.conftest import free_port
 from tests.invoker.conftest import write_code
-
-controller_server = pytest.importorskip("controller.server")
 
 APP = """
     def handler(event, context):

@@ -14,6 +14,7 @@ import grpc
 import grpc.aio
 import pytest
 
+import controller.server as controller_server
 from invoker.runtimes import Interpreters
 from invoker.server import InvokerServer
 from lamina import wire
@@ -24,8 +25,6 @@ from lamina.core.settings import ControllerSettings, InvokerSettings
 from lamina.rpc import invoker_pb2 as pb
 from lamina.rpc import invoker_pb2_grpc as pb_grpc
 from tests.invoker.conftest import write_code
-
-controller_server = pytest.importorskip("controller.server")
 
 APP = """
     import os

@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc.aio
 import pytest
 
+import controller.server as controller_server
 from invoker.server import InvokerServer
 from lamina import wire
 from lamina.controller_client import ControllerClient
@@ -21,8 +22,6 @@ from lamina.framing import HEADER, encode, split_frames
 from lamina.rpc import invoker_pb2 as pb
 from lamina.rpc import invoker_pb2_grpc as pb_grpc
 from tests.invoker.conftest import write_code
-
-controller_server = pytest.importorskip("controller.server")
 
 APP = """
     import time
