@@ -77,8 +77,6 @@ class Zygote:
     def __init__(self, process: _Process, control: socket.socket) -> None:
         self.process = process
         self.pid = process.pid
-        #: How long the zygote's last spawn took, ms (its own measure, for benchmarks).
-        self.last_fork_ms = 0.0
         #: The child the zygote forked ahead of need (it sits in the slot, waiting).
         self.spare_pid = 0
         self._control = control
@@ -138,7 +136,6 @@ class Zygote:
                     self._ready.set_result(None)
                 elif kind in ("spawned", "spawn_error") and self._spawned is not None and not self._spawned.done():
                     if kind == "spawned":
-                        self.last_fork_ms = float(message.get("fork_ms", 0.0))
                         self._spawned.set_result(int(message["pid"]))
                     else:
                         self._spawned.set_exception(ZygoteError(0, f"zygote could not fork: {message['message']}"))

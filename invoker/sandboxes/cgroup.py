@@ -233,13 +233,6 @@ class SlotCgroups:
         if self.pids_dir is not None:
             _write(self.pids_dir / "pids.max", pids)
 
-    def usage_bytes(self) -> int:
-        name = "memory.usage_in_bytes" if self._v == 1 else "memory.current"
-        try:
-            return int((self.memory_dir / name).read_text())
-        except (OSError, ValueError):
-            return 0
-
     def oom_kills(self) -> int:
         return _read_key(self._oom_file, "oom_kill")
 

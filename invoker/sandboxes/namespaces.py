@@ -70,18 +70,6 @@ class pid_namespace:  # noqa: N801 - used as a context manager around fork()
         os.close(self._own)
 
 
-def enter(network):
-    """New mount, IPC and UTS namespaces, and a new (empty) network namespace unless
-    ``network``; mounts stop propagating back to the host."""
-    unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | (0 if network else CLONE_NEWNET))
-    mount(None, "/", None, MS_REC | MS_PRIVATE)
-    try:
-        import socket
-        socket.sethostname("lamina")
-    except OSError:
-        pass
-
-
 def _bind(source, target, writable=False):
     if os.path.isdir(source):
         if not os.path.isdir(target):

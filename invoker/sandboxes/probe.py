@@ -20,7 +20,7 @@ LAYERS_DIR = Path(__file__).resolve().parent
 
 #: Layer names as reported by Health, the startup log and the isolation metric.
 CGROUP_MEMORY, CGROUP_PIDS, NAMESPACES, NETNS, UID = "cgroup-memory", "cgroup-pids", "namespaces", "netns", "uid"
-LANDLOCK, SECCOMP, NFTABLES, RLIMITS, WATCHDOG = "landlock", "seccomp", "nftables", "rlimits", "watchdog"
+LANDLOCK, SECCOMP, NFTABLES = "landlock", "seccomp", "nftables"
 
 _CHILD = r"""
 import importlib.util, json, os, sys, tempfile

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from invoker.runtimes import RUNTIMES_DIR
+from invoker.runtimes import node as node_runtime
 from invoker.sandboxes import cgroup, probe
 from invoker.sandboxes.watchdog import children_of, descendants, kill_descendants
 from invoker.zygote import Zygote
@@ -167,7 +168,7 @@ class ZygoteSlot:
                                              "/dev/urandom", "/dev/zero"],
                                     "write": [tmp, "/dev/null"]}
             if node:  # V8 cannot start under an address-space limit (SANDBOX.md)
-                rlimits["DATA"] = (launch.memory_mb + ADDRESS_SPACE_HEADROOM_MB * 4) * 1024 * 1024
+                rlimits["DATA"] = node_runtime.data_limit_bytes(launch.memory_mb)
             else:
                 rlimits["AS"] = (launch.memory_mb + ADDRESS_SPACE_HEADROOM_MB) * 1024 * 1024
         plan["rlimits"] = rlimits

@@ -1,16 +1,13 @@
 """Fixtures of the controller's tests: migrated stores and code bundles."""
-
 from __future__ import annotations
 
-import io
-import stat
-import zipfile
 from collections.abc import Iterator
 
 import pytest
 
 from controller.migrate import upgrade
 from controller.store import SQLStore
+from tests.bundles import make_zip
 
 
 class Clock:
@@ -34,19 +31,6 @@ def store(database_url: str, clock: Clock) -> Iterator[SQLStore]:
     upgrade(database_url)
     with SQLStore(database_url, heartbeat_interval_s=2.0, clock=clock) as s:
         yield s
-
-
-def make_zip(entries: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
-        for name, data in entries.items():
-            z.writestr(zipfile.ZipInfo(name), data)
-        for name, target in (links or {}).items():
-            info = zipfile.ZipInfo(name)
-            info.create_system = 3
-            info.external_attr = (stat.S_IFLNK | 0o777) << 16
-            z.writestr(info, target)
-    return buffer.getvalue()
 
 
 def app_zip(body: str = "def handler(event, context):\n    return event\n") -> bytes:

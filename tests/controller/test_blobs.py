@@ -14,7 +14,8 @@ import pytest
 from controller.blobs import FileBlobStore
 from lamina.core import bundles
 from lamina.core.errors import InvalidSpec, LimitExceeded, NotFound
-from tests.controller.conftest import app_zip, make_zip
+from tests.bundles import make_zip
+from tests.controller.conftest import app_zip
 
 
 @pytest.fixture

@@ -38,8 +38,9 @@ from lamina.core.functions import FunctionSpec
 from lamina.core.logs import LogRecord
 from lamina.core.settings import ControllerSettings
 from lamina.rpc import controller_pb2_grpc as pb_grpc
+from tests.bundles import make_zip
 from tests.conftest import free_port
-from tests.controller.conftest import app_zip, make_zip
+from tests.controller.conftest import app_zip
 
 
 def settings_for(data_dir: Path, database_url: str, **kw) -> ControllerSettings:  # type: ignore[no-untyped-def]

@@ -2,7 +2,6 @@
 
 import io
 import os
-import stat
 import struct
 import zipfile
 import zlib
@@ -12,19 +11,7 @@ import pytest
 
 from lamina.core import bundles
 from lamina.core.errors import InvalidSpec, LimitExceeded
-
-
-def make_zip(entries: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
-        for name, data in entries.items():
-            z.writestr(name, data)
-        for name, target in (links or {}).items():
-            info = zipfile.ZipInfo(name)
-            info.create_system = 3
-            info.external_attr = (stat.S_IFLNK | 0o777) << 16
-            z.writestr(info, target)
-    return buffer.getvalue()
+from tests.bundles import make_zip
 
 
 def write(tmp_path: Path, data: bytes) -> Path:

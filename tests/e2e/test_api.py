@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import json
 import time
-import zipfile
 from pathlib import Path
 
 from lamina.client import pack_directory
+from tests.bundles import make_zip
 from tests.e2e.conftest import ROOT, Stack
 
 
@@ -17,14 +16,6 @@ def spec_form(spec: dict, code: bytes | None) -> dict:
     if code is not None:
         files["code"] = ("code.zip", code, "application/zip")
     return files
-
-
-def zip_of(files: dict[str, str]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as z:
-        for name, text in files.items():
-            z.writestr(name, text)
-    return buffer.getvalue()
 
 
 def test_management_api_needs_a_key(stack: Stack):
@@ -48,7 +39,7 @@ def test_bad_input_gets_a_clear_error_and_loses_nothing(stack: Stack):
         assert bad_memory.status_code == 400 and "memory 64 MB" in bad_memory.json()["error"]["message"]
         not_zip = api.post("/api/v1/functions", files=spec_form({"name": "z"}, b"not a zip"))
         assert not_zip.status_code == 400 and "not a valid zip" in not_zip.json()["error"]["message"]
-        traversal = api.post("/api/v1/functions", files=spec_form({"name": "t"}, zip_of({"../evil.py": "x"})))
+        traversal = api.post("/api/v1/functions", files=spec_form({"name": "t"}, make_zip({"../evil.py": "x"})))
         assert traversal.status_code == 400 and "'..'" in traversal.json()["error"]["message"]
         bad_json = api.post("/api/v1/functions", files={"spec": (None, "{not json", "application/json")})
         assert bad_json.status_code == 400

@@ -7,11 +7,9 @@ driving them with httpx, exactly as a client would.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import threading
 import time
-import zipfile
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ import httpx
 import pytest
 
 from lamina.core.settings import ControllerSettings, GatewaySettings, InvokerSettings
+from tests.bundles import make_zip
 from tests.conftest import free_port
 
 T = TypeVar("T")
@@ -140,14 +139,6 @@ def management(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         s.loop.close()
 
 
-def zip_of(files: dict[str, str]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as z:
-        for name, text in files.items():
-            z.writestr(name, text)
-    return buffer.getvalue()
-
-
 def deploy_form(spec: dict[str, Any] | str, code: bytes | None = None) -> dict[str, Any]:
     text = spec if isinstance(spec, str) else json.dumps(spec)
     files: dict[str, Any] = {"spec": (None, text, "application/json")}
@@ -156,4 +147,4 @@ def deploy_form(spec: dict[str, Any] | str, code: bytes | None = None) -> dict[s
     return files
 
 
-HELLO = zip_of({"app.py": "def handler(event, context):\n    return {'hello': event.get('name', 'world')}\n"})
+HELLO = make_zip({"app.py": "def handler(event, context):\n    return {'hello': event.get('name', 'world')}\n"})

@@ -10,9 +10,10 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.gateway.conftest import Stack, deploy_form, zip_of
+from tests.bundles import make_zip
+from tests.gateway.conftest import Stack, deploy_form
 
-CODE = zip_of({"app.py": '''
+CODE = make_zip({"app.py": '''
 def handler(event, context):
     print("working on", context.aws_request_id)
     if event.get("fail"):

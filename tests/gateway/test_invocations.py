@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.gateway.conftest import Stack, deploy_form, zip_of
+from tests.bundles import make_zip
+from tests.gateway.conftest import Stack, deploy_form
 
 HANDLERS = '''
 import base64, json, time
@@ -45,7 +46,7 @@ def nonsense(event, context):
 
 @pytest.fixture(scope="module")
 def deployed(stack: Stack) -> Stack:
-    code = zip_of({"handlers.py": HANDLERS})
+    code = make_zip({"handlers.py": HANDLERS})
     with stack.api() as api:
         for name in ("echo", "respond", "plain", "boom", "slow", "nonsense"):
             spec = {"handler": f"handlers.{name}", "timeout_s": 1 if name == "slow" else 10}

@@ -7,7 +7,8 @@ import hashlib
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.gateway.conftest import ADMIN_KEY, HELLO, Stack, deploy_form, zip_of
+from tests.bundles import make_zip
+from tests.gateway.conftest import ADMIN_KEY, HELLO, Stack, deploy_form
 
 
 def error_of(response) -> tuple[str, str]:  # type: ignore[no-untyped-def]
@@ -114,7 +115,7 @@ def test_put_creates_updates_and_keeps_code(management: Stack):
                         headers={"If-Match": f'"{first["revision"]}"'})
         assert stale.status_code == 409 and error_of(stale)[0] == "Conflict"
         current = updated.json()["revision"]
-        won = api.put("/api/v1/functions/putme", files=deploy_form({"timeout_s": 9}, zip_of({"app.py": "x = 1\n"})),
+        won = api.put("/api/v1/functions/putme", files=deploy_form({"timeout_s": 9}, make_zip({"app.py": "x = 1\n"})),
                       headers={"If-Match": str(current)})  # quotes are optional
         assert won.status_code == 200 and won.json()["timeout_s"] == 9
         assert won.json()["code_sha256"] != first["code_sha256"]

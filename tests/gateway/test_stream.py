@@ -21,10 +21,11 @@ from lamina.controller_client import ControllerClient
 from lamina.core.settings import InvokerSettings
 from lamina.rpc import invoker_pb2 as pb
 from lamina.rpc import invoker_pb2_grpc as pb_grpc
+from tests.bundles import make_zip
 from tests.conftest import free_port
-from tests.gateway.conftest import HELLO, Stack, deploy_form, start_stack, zip_of
+from tests.gateway.conftest import HELLO, Stack, deploy_form, start_stack
 
-SLOW = zip_of({"app.py": "import time\n\ndef handler(event, context):\n    time.sleep(event.get('sleep', 0))\n"
+SLOW = make_zip({"app.py": "import time\n\ndef handler(event, context):\n    time.sleep(event.get('sleep', 0))\n"
                          "    return {'slept': event.get('sleep', 0)}\n"})
 
 

@@ -4,7 +4,6 @@ line agrees with them, and its billing metrics add up."""
 from __future__ import annotations
 
 import asyncio
-import io
 import math
 import re
 import time
@@ -20,13 +19,13 @@ from invoker.records import RecordShipper
 from invoker.server import InvokerServer
 from lamina import wire
 from lamina.controller_client import ControllerClient
-from lamina.core import bundles
 from lamina.core.functions import FunctionSpec
 from lamina.core.invocations import Outcome
 from lamina.core.records import InvocationRecord
 from lamina.core.settings import ControllerSettings, InvokerSettings
 from lamina.rpc import invoker_pb2 as pb
 from lamina.rpc import invoker_pb2_grpc as pb_grpc
+from tests.bundles import zip_chunks
 from tests.conftest import free_port
 from tests.invoker.conftest import write_code
 
@@ -38,12 +37,6 @@ APP = """
 """
 REPORT = re.compile(r"REPORT RequestId: (\S+)\tDuration: ([\d.]+) ms\tBilled Duration: (\d+) ms\t"
                     r"Memory Size: (\d+) MB\tMax Memory Used: (\d+) MB(?:\tInit Duration: ([\d.]+) ms)?")
-
-
-async def _zip_chunks(directory: Path) -> AsyncIterator[bytes]:
-    buffer = io.BytesIO()
-    bundles.pack(directory, buffer)
-    yield buffer.getvalue()
 
 
 @pytest.fixture
@@ -58,7 +51,7 @@ async def controller(tmp_path: Path) -> AsyncIterator[ControllerClient]:
 
 
 async def test_each_invocation_yields_a_record_at_the_controller(controller: ControllerClient, tmp_path: Path):
-    sha, _ = await controller.upload_code(_zip_chunks(write_code(tmp_path / "src", {"app.py": APP})))
+    sha, _ = await controller.upload_code(zip_chunks(write_code(tmp_path / "src", {"app.py": APP})))
     fn = await controller.create_function(FunctionSpec(name="billed", handler="app.handler", memory_mb=256,
                                                        code_sha256=sha))
     invoker = InvokerServer(InvokerSettings(

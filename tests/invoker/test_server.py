@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import os
 import stat
@@ -19,11 +18,11 @@ from invoker.runtimes import Interpreters
 from invoker.server import InvokerServer
 from lamina import wire
 from lamina.controller_client import ControllerClient
-from lamina.core import bundles
 from lamina.core.functions import FunctionSpec
 from lamina.core.settings import ControllerSettings, InvokerSettings
 from lamina.rpc import invoker_pb2 as pb
 from lamina.rpc import invoker_pb2_grpc as pb_grpc
+from tests.bundles import zip_chunks
 from tests.invoker.conftest import write_code
 
 APP = """
@@ -36,12 +35,6 @@ APP = """
         return {"greeting": os.environ.get("GREETING", "hello") + " " + event.get("name", "world"),
                 "pid": os.getpid()}
 """
-
-
-async def _zip_chunks(directory: Path) -> AsyncIterator[bytes]:
-    buffer = io.BytesIO()
-    bundles.pack(directory, buffer)
-    yield buffer.getvalue()
 
 
 async def _eventually(check, timeout: float = 10.0):  # type: ignore[no-untyped-def]
@@ -64,7 +57,7 @@ async def controller(tmp_path: Path) -> AsyncIterator[str]:
 
 async def test_invoke_through_a_real_invoker_and_controller(controller: str, tmp_path: Path) -> None:
     client = ControllerClient(controller)
-    sha, _ = await client.upload_code(_zip_chunks(write_code(tmp_path / "src", {"app.py": APP})))
+    sha, _ = await client.upload_code(zip_chunks(write_code(tmp_path / "src", {"app.py": APP})))
     fn = await client.create_function(FunctionSpec(name="hello", handler="app.handler", code_sha256=sha))
     invoker = InvokerServer(InvokerSettings(
         data_dir=tmp_path / "invoker", controller_url=controller, invoker_listen="127.0.0.1:0",

@@ -4,7 +4,6 @@ raw frames on a plain socket, as the gateway's client sends them."""
 from __future__ import annotations
 
 import asyncio
-import io
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,12 +14,12 @@ import controller.server as controller_server
 from invoker.server import InvokerServer
 from lamina import wire
 from lamina.controller_client import ControllerClient
-from lamina.core import bundles
 from lamina.core.functions import FunctionSpec
 from lamina.core.settings import ControllerSettings, InvokerSettings
 from lamina.framing import HEADER, encode, split_frames
 from lamina.rpc import invoker_pb2 as pb
 from lamina.rpc import invoker_pb2_grpc as pb_grpc
+from tests.bundles import zip_chunks
 from tests.invoker.conftest import write_code
 
 APP = """
@@ -30,12 +29,6 @@ APP = """
         time.sleep(event.get("sleep", 0))
         return {"echo": event.get("n"), "request_id": context.aws_request_id}
 """
-
-
-async def _zip_chunks(directory: Path) -> AsyncIterator[bytes]:
-    buffer = io.BytesIO()
-    bundles.pack(directory, buffer)
-    yield buffer.getvalue()
 
 
 class FrameSocket:
@@ -79,7 +72,7 @@ async def invoker(tmp_path: Path) -> AsyncIterator[InvokerServer]:
         data_dir=tmp_path / "controller", controller_listen="127.0.0.1:0", heartbeat_interval_s=0.2))
     await controller.start()
     client = ControllerClient(controller.address)
-    sha, _ = await client.upload_code(_zip_chunks(write_code(tmp_path / "src", {"app.py": APP})))
+    sha, _ = await client.upload_code(zip_chunks(write_code(tmp_path / "src", {"app.py": APP})))
     await client.create_function(FunctionSpec(name="echo", handler="app.handler", code_sha256=sha))
     server = InvokerServer(InvokerSettings(
         data_dir=tmp_path / "invoker", controller_url=controller.address, invoker_listen="127.0.0.1:0",

@@ -268,7 +268,6 @@ def main():
                 _send(ctl, _show_or_hide(message))
                 continue
             if message.get("type") == "spawn":
-                began = time.perf_counter()
                 if not spare:
                     due = None
                     spare, spare_sock = _prefork(ctl)
@@ -300,8 +299,7 @@ def main():
                     spare, spare_sock = _prefork(ctl)
                 if pid:
                     workers.add(pid)
-                    _send(ctl, {"type": "spawned", "pid": pid, "spare": spare,
-                                "fork_ms": (time.perf_counter() - began) * 1000})
+                    _send(ctl, {"type": "spawned", "pid": pid, "spare": spare})
                 else:
                     _send(ctl, {"type": "spare", "spare": spare})
 
