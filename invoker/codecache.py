@@ -3,7 +3,8 @@
 ``<data_dir>/invoker-cache/<invoker id or "shared">/code/<sha256>/``. A bundle is
 downloaded from the controller into a temporary file on the same filesystem, its sha256
 checked against the name it was asked by, extracted (``lamina.core.bundles`` refuses
-traversal and zip bombs) into a temporary directory, made read-only and renamed into place
+traversal and zip bombs) into a temporary directory, its Python files compiled to bytecode
+(:func:`precompile`), made read-only and renamed into place
 — so a tree that exists is complete, and invokers sharing the directory never see half of
 one. Concurrent requests for one digest download it once.
 """
@@ -11,6 +12,7 @@ one. Concurrent requests for one digest download it once.
 from __future__ import annotations
 
 import asyncio
+import compileall
 import hashlib
 import os
 import re
@@ -24,6 +26,18 @@ from lamina.core import bundles
 from lamina.core.errors import InvalidSpec, Unavailable
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
+
+
+def precompile(root: Path) -> None:
+    """Compile the bundle's ``.py`` files to ``__pycache__`` for this interpreter's version,
+    once per bundle: the worker's code directory is read-only, so without it every cold start
+    compiles its modules from source again (1.5-2.5 ms for a 20-line handler, measured here;
+    0.2-0.3 ms to import the bytecode). Other Python versions ignore these files (their cache
+    tag differs). Best effort: a file that does not compile is left for the import to report."""
+    try:
+        compileall.compile_dir(root, quiet=2, workers=1)
+    except Exception:  # noqa: BLE001 - bytecode is an optimisation; the import reports real errors
+        pass
 
 
 def make_read_only(root: Path) -> None:
@@ -100,6 +114,7 @@ class CodeCache:
             tree = work / "code"
             # Inflating and checking a bundle is CPU and disk work: keep it off the event loop.
             await asyncio.to_thread(bundles.extract, archive, tree)
+            await asyncio.to_thread(precompile, tree)
             await asyncio.to_thread(make_read_only, tree)
             try:
                 os.rename(tree, target)

@@ -85,15 +85,25 @@ def _bind(source, target, writable=False):
     mount(None, target, None, flags)
 
 
+def _staging(new_root):
+    return os.path.join(os.path.dirname(new_root), "code")
+
+
 def show_code(new_root, code_dir):
-    """In the zygote: bind ``code_dir`` on the template's shared ``/var/task``; it propagates
-    to the stem cell forked from the template (the files are root's and read-only)."""
-    mount(code_dir, new_root + TASK_ROOT, None, MS_BIND)
+    """In the zygote: show ``code_dir`` read-only at the template's shared ``/var/task``; it
+    propagates to the workers forked from the template (their copies are its slaves). The
+    read-only bind is made beside the template first and bound from there: a new bind
+    copies its source mount's flags, a remount would not propagate."""
+    staging = _staging(new_root)
+    os.makedirs(staging, exist_ok=True)
+    _bind(code_dir, staging)
+    mount(staging, new_root + TASK_ROOT, None, MS_BIND)
 
 
 def hide_code(new_root):
     """In the zygote: take back what :func:`show_code` mounted (only call after it)."""
     _check(_libc.umount2((new_root + TASK_ROOT).encode(), MNT_DETACH), "umount the shown code")
+    _check(_libc.umount2(_staging(new_root).encode(), MNT_DETACH), "umount the staged code")
 
 
 def prepare_root(new_root, runtime_dir, host_paths):

@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 STEM_CELLS = 1
 #: Seconds a stem cell may take to start and say it is ready.
 STEM_CELL_READY_S = 10.0
+#: Seconds after a spare slot was taken before a new one starts.
+REPLENISH_DELAY_S = 0.05
 _FRAME = struct.Struct(">II")
 
 
@@ -213,6 +215,9 @@ class ZygoteSandbox:
 
     def _replenish(self, interpreter: str) -> None:
         async def fill() -> None:
+            # Not at once: the cold start that took the spare is still confining and
+            # importing, and a new zygote (~30 ms of CPU) would compete with it for the cores.
+            await asyncio.sleep(REPLENISH_DELAY_S)
             try:
                 await self.prewarm(interpreter)
             except OSError as exc:

@@ -49,6 +49,9 @@ UID_BASE, UIDS_PER_INVOKER = 200_000, 1000
 #: Memory a slot's zygote and its spare child are charged in the slot's cgroup, MB
 #: (measured: ~2 MB; they were mostly charged to the invoker before joining).
 ZYGOTE_ALLOWANCE_MB = 8
+#: The memory size of the template plan a spare encloses itself in (tier A's plan does not
+#: depend on it: the slot's cgroup bounds memory).
+DEFAULT_MEMORY_MB = 128
 
 
 @dataclass(frozen=True)
@@ -120,9 +123,13 @@ class ZygoteSlot:
         if self.sandbox.tree is not None:
             self.cgroups = self.sandbox.tree.slot(f"slot-{self.index}")
         template = None
-        if self.sandbox.tier == "A":  # the read-only root every worker of this slot starts from
+        if self.sandbox.tier == "A":
+            # The read-only root every worker of this slot starts from, and the confinement
+            # its spare takes on ahead of need (what every plan of this slot shares with
+            # egress allowed; see the zygote's ENCLOSURE_KEYS).
             template = {"new_root": str(self.workdir / "root"), "runtime_dir": str(RUNTIMES_DIR),
-                        "host_paths": self._paths}
+                        "host_paths": self._paths,
+                        "enclosure": self.plan(Launch(None, RUNTIMES_DIR, {}, DEFAULT_MEMORY_MB))}
         self.zygote = await Zygote.start(self.interpreter, confine=self._join, template=template)
 
     def _join(self, pid: int) -> None:
@@ -184,6 +191,9 @@ class ZygoteSlot:
         if self.cgroups is not None:  # the zygote's own few MB are charged to the slot too
             self.cgroups.limit(limit + ZYGOTE_ALLOWANCE_MB * 1024 * 1024, MAX_PIDS)
         spawned = self.zygote.spawn(self.plan(launch), fds)
+        # Tier A: the zygote shows the code on its template when the worker was enclosed
+        # ahead of need; taken back when the slot is released (a no-op if it was not).
+        self._shown = self._shown or (self.sandbox.tier == "A" and launch.code_dir is not None)
         watchdog = self.sandbox.watchdog
         if watchdog is not None:
             def watch(future: asyncio.Future[int]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -67,6 +68,17 @@ async def test_concurrent_requests_download_once_into_a_read_only_tree(
     assert [p.name for p in (tmp_path / "cache").iterdir()] in ([sha], sorted([sha, ".staging"]))
     assert list((tmp_path / "cache" / ".staging").iterdir()) == []
     assert await cache.ensure(sha) == paths[0] and client.downloads == 1
+
+
+async def test_python_files_arrive_compiled_and_a_broken_one_is_left_to_the_import(
+        client: CountingClient, tmp_path: Path) -> None:
+    sha = await _upload(client, write_code(tmp_path / "src", {"app.py": "x = 1\n", "broken.py": "def (:\n"}))
+
+    tree = await CodeCache(tmp_path / "cache", client).ensure(sha)
+
+    cached = sorted(p.name for p in (tree / "__pycache__").iterdir())
+    assert cached == [f"app.{sys.implementation.cache_tag}.pyc"]
+    assert (tree / "broken.py").read_text() == "def (:\n"
 
 
 async def test_a_digest_mismatch_is_refused_and_nothing_is_kept(client: CountingClient, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 
@@ -81,6 +82,11 @@ async def test_process_tier_says_it_is_no_boundary() -> None:
         await box.close()
 
 
+def _status(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in status if ":\t" in line)
+
+
 @pytest.mark.cgroup
 async def test_strict_sets_up_cgroups_and_the_egress_table_and_removes_them() -> None:
     box = make_sandbox("strict")
@@ -95,6 +101,16 @@ async def test_strict_sets_up_cgroups_and_the_egress_table_and_removes_them() ->
         assert slot.cgroups is not None and slot.zygote is not None
         # the zygote and the child it forked ahead of need wait inside the slot's cgroups
         assert sorted(slot.cgroups.processes()) == sorted([slot.zygote.pid, slot.zygote.spare_pid])
+        # ... the child already enclosed in what every worker of the slot gets: its uid,
+        # no_new_privs, a seccomp filter, a root of its own
+        for _ in range(250):  # it encloses itself right after the fork
+            status = _status(slot.zygote.spare_pid)
+            if status["Seccomp"] == "2":
+                break
+            await asyncio.sleep(0.02)
+        assert status["Uid"].split() == [str(slot.uid)] * 4
+        assert status["NoNewPrivs"] == "1" and status["Seccomp"] == "2"
+        assert os.path.isdir(f"/proc/{slot.zygote.spare_pid}/root/var/runtime") and not os.path.exists("/var/runtime")
         await box.release(slot)
     finally:
         await box.close()

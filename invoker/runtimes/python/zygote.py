@@ -18,13 +18,20 @@ Control messages are JSON datagrams on a SOCK_SEQPACKET socket:
 
 The zygote keeps one child forked ahead of need (``spare``: on tier A already PID 1 of its
 own PID namespace, in its own mount/IPC/UTS namespaces), so a spawn only hands that child
-its plan and descriptors. The child confines itself (see :func:`_confine`), then serves
-the bootstrap's frames on the channel, or ``execve``s ``plan["exec"]`` (the Node runtime, which cannot be forked
-after V8 starts). The zygote is a child subreaper, so a worker's orphans come back to it
+its plan and descriptors. On tier A the spare also encloses itself ahead of need in what
+every worker of the slot shares (the template ``enclosure``: private root, rlimits, uid,
+no_new_privs, Landlock, seccomp; see :func:`_enclose`), and a spawn whose plan matches it
+only shows the code on the template's shared ``/var/task`` (propagated into the spare's
+root) and hands over the environment: no mount, uid change or filter on the cold path. A
+plan that differs (``egress: none`` needs a network namespace made before the uid drop)
+gets a freshly forked child that encloses itself after the plan arrives. The worker then
+serves the bootstrap's frames on the channel, or ``execve``s ``plan["exec"]`` (the Node
+runtime, which cannot be forked after V8 starts). The zygote is a child subreaper, so a worker's orphans come back to it
 and are reaped; it exits (killing its workers) when the invoker closes the control socket.
 """
 
 import ctypes
+import gc
 import importlib.util
 import io
 import json
@@ -65,10 +72,23 @@ if seccomp.available():
     _filters = {inet: seccomp.prepare(seccomp.compile_filter(inet)) for inet in (True, False)}
 #: The template root this zygote prepared (tier A), None otherwise.
 _template = None
+#: The plan keys a spare encloses itself in ahead of need (tier A), and their values; None:
+#: spares wait unenclosed.
+_enclosure = None
+ENCLOSURE_KEYS = ("namespaces", "network", "tmp_mb", "rlimits", "uid", "gid", "landlock", "seccomp", "allow_inet")
+#: Exit status of a spare that could not enclose itself: the zygote stops enclosing ahead.
+_ENCLOSE_FAILED = 72
 
 
-def _confine(plan, channel_fd):
-    """In the pre-forked child, as root: everything the plan asks for, strongest last."""
+def _enclose(plan):
+    """In the pre-forked child, as root: every confinement the plan asks for, strongest
+    last — all but the code, which is shown on ``/var/task`` (its own bind, or the
+    template's shared one)."""
+    try:  # the zygote's -1000 (where it got one) must not be inherited; after the uid drop it cannot be reset
+        with open("/proc/self/oom_score_adj", "w") as adj:
+            adj.write("0")
+    except OSError:
+        pass
     if plan.get("namespaces"):
         if _template is None:
             raise OSError("this zygote has no template root (it was started without one)")
@@ -85,6 +105,47 @@ def _confine(plan, channel_fd):
         landlock.restrict(plan["landlock"]["read"], plan["landlock"]["write"])
     if plan.get("seccomp"):
         seccomp.load(_filters[bool(plan.get("allow_inet", True))])
+
+
+def _rehearse():
+    """Go through the motions of a cold start once, ahead of need — a plan decoded, an
+    environment set, a stdio stream made, a module imported from a file (on the private
+    ``/tmp``, then removed) — so the pages of the zygote's heap these write to are copied
+    now (copy-on-write after ``fork``: ~300 page faults, ~1 ms measured here) and the
+    compiler is warm, not during the cold start."""
+    plan = json.loads(json.dumps({"environment": {f"LAMINA_REHEARSAL_{i}": "x" * 48 for i in range(24)}}))
+    os.environ.update(plan["environment"])
+    for key in plan["environment"]:
+        del os.environ[key]
+    null = os.open("/dev/null", os.O_WRONLY)
+    try:
+        stream = io.TextIOWrapper(io.FileIO(null, "w", closefd=False), line_buffering=True,
+                                  errors="backslashreplace")
+        print("rehearsal", file=stream)
+        stream.reconfigure(line_buffering=True, errors="backslashreplace")
+    finally:
+        os.close(null)
+    name = "_lamina_rehearsal"
+    path = os.path.join("/tmp", name + ".py")
+    try:
+        with open(path, "w") as module:
+            module.write("import json\n\n\ndef handler(event, context):\n    return json.dumps(event)\n")
+        sys.path.insert(0, "/tmp")
+        sys.dont_write_bytecode = True  # the worker's /tmp starts empty
+        try:
+            importlib.import_module(name).handler({"rehearsal": True}, None)
+        finally:
+            sys.dont_write_bytecode = False
+            sys.path.remove("/tmp")
+            sys.path_importer_cache.pop("/tmp", None)
+            sys.modules.pop(name, None)
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def _specialise(plan, channel_fd):
+    """In the enclosed child: only the channel and stdio stay open, the function's environment."""
     os.closerange(3, channel_fd)
     os.closerange(channel_fd + 1, 65536)
     os.environ.clear()
@@ -92,10 +153,10 @@ def _confine(plan, channel_fd):
     os.chdir(plan["cwd"])
 
 
-def _waiting(sock):
+def _waiting(sock, enclosure):
     """The pre-forked child: made ready before it is needed (its own session and, on tier A,
-    PID, mount, IPC and UTS namespaces), it waits for its plan and descriptors, then
-    becomes the worker. Never returns."""
+    PID, mount, IPC and UTS namespaces, and enclosed in ``enclosure`` when given), it waits
+    for its plan and descriptors, then becomes the worker. Never returns."""
     try:
         os.setsid()
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
@@ -105,16 +166,28 @@ def _waiting(sock):
         if _template is not None:
             namespaces.unshare(namespaces.CLONE_NEWNS | namespaces.CLONE_NEWIPC | namespaces.CLONE_NEWUTS)
             socket.sethostname("lamina")
-        raw, fds, _, _ = socket.recv_fds(sock, 1 << 20, 8)
     except BaseException:  # noqa: BLE001 - the zygote sees it exit and forks another
+        os._exit(71)
+    if enclosure is not None:
+        try:
+            os.closerange(3, sock.fileno())
+            os.closerange(sock.fileno() + 1, 65536)
+            _enclose(enclosure)
+            _rehearse()
+        except BaseException:  # noqa: BLE001 - said once on the zygote's stderr, then never tried again
+            traceback.print_exc()
+            os._exit(_ENCLOSE_FAILED)
+    try:
+        raw, fds, _, _ = socket.recv_fds(sock, 1 << 20, 8)
+    except BaseException:  # noqa: BLE001
         os._exit(71)
     if not raw:
         os._exit(0)
     sock.close()
-    _child(json.loads(raw), fds)
+    _child(json.loads(raw), fds, enclosed=enclosure is not None)
 
 
-def _child(plan, fds):
+def _child(plan, fds, enclosed):
     channel, out, err = fds
     try:
         null = os.open("/dev/null", os.O_RDONLY)
@@ -126,12 +199,9 @@ def _child(plan, fds):
                                       errors="backslashreplace")
         sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), line_buffering=True,
                                       errors="backslashreplace")
-        try:  # the zygote's -1000 (where it got one) must not be inherited
-            with open("/proc/self/oom_score_adj", "w") as adj:
-                adj.write("0")
-        except OSError:
-            pass
-        _confine(plan, channel)
+        if not enclosed:
+            _enclose(plan)
+        _specialise(plan, channel)
     except BaseException as exc:  # noqa: BLE001 - reported to the invoker, then the child exits
         traceback.print_exc()
         try:
@@ -159,10 +229,11 @@ def _child(plan, fds):
             os._exit(code)
 
 
-def _prefork(ctl):
-    """Fork the next worker ahead of need (PID 1 of a new PID namespace on tier A); return
-    (pid, our end of its socket)."""
+def _prefork(ctl, enclosure=None):
+    """Fork the next worker ahead of need (PID 1 of a new PID namespace on tier A), enclosed
+    in ``enclosure`` when given; return (pid, our end of its socket)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    gc.freeze()  # the child's collections leave the zygote's objects (and their pages) alone
     pid_ns = namespaces.pid_namespace() if _template is not None else None
     if pid_ns is not None:
         pid_ns.__enter__()
@@ -171,7 +242,7 @@ def _prefork(ctl):
         if pid == 0:
             ctl.close()
             ours.close()
-            _waiting(theirs)
+            _waiting(theirs, enclosure)
     finally:
         if pid_ns is not None:
             pid_ns.__exit__()
@@ -207,20 +278,59 @@ def _send(ctl, message):
     ctl.send(json.dumps(message).encode())
 
 
+def _fits(plan):
+    """Whether a spare enclosed ahead of need can become the worker of ``plan``."""
+    return _enclosure is not None and all(plan.get(key) == _enclosure.get(key) for key in ENCLOSURE_KEYS)
+
+
+def _spawn(ctl, plan, fds, spare, spare_sock):
+    """Hand ``plan`` and ``fds`` to the spare when it fits, else to a freshly forked child;
+    return (worker pid or 0, whether the spare was used)."""
+    raw = json.dumps(plan).encode()
+    used = bool(spare) and (_fits(plan) or _enclosure is None)
+    if used:
+        pid, sock = spare, spare_sock
+    else:  # not enclosed ahead of need in what this plan asks (egress none, say)
+        pid, sock = _prefork(ctl, _enclosure if _fits(plan) else None)
+    enclosed = _fits(plan)
+    try:
+        if enclosed and plan.get("code_dir"):
+            failure = _show_or_hide({"type": "show", "code_dir": plan["code_dir"]})["error"]
+            if failure:
+                raise OSError(0, f"cannot show the code: {failure}")
+        try:
+            socket.send_fds(sock, [raw], fds)
+        except OSError:
+            # The child died before we reaped it (killed with a worker's leftovers, say):
+            # one fresh child, not a failed invocation.
+            sock.close()
+            pid, sock = _prefork(ctl, _enclosure if enclosed else None)
+            socket.send_fds(sock, [raw], fds)
+    except OSError as exc:
+        _send(ctl, {"type": "spawn_error", "message": f"cannot start the worker: {exc}"})
+        pid = 0
+    finally:
+        sock.close()
+        for fd in fds:
+            os.close(fd)
+    return pid, used
+
+
 def main():
-    global _template
+    global _template, _enclosure
     ctl = socket.socket(fileno=int(sys.argv[1]))
-    if len(sys.argv) > 3:  # {"new_root", "runtime_dir", "host_paths"}: tier A
+    if len(sys.argv) > 3:  # {"new_root", "runtime_dir", "host_paths", "enclosure"}: tier A
         config = json.loads(sys.argv[3])
         namespaces.prepare_root(config["new_root"], config["runtime_dir"], config["host_paths"])
         _template = config["new_root"]
+        _enclosure = config.get("enclosure")
     _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     workers = set()
-    spare, spare_sock = _prefork(ctl)
+    spare, spare_sock = _prefork(ctl, _enclosure)
     _send(ctl, {"type": "ready", "pid": os.getpid(), "spare": spare})
     due = None
     while True:
@@ -228,7 +338,7 @@ def main():
         if due is not None and time.monotonic() >= due:
             due = None
             if not spare:
-                spare, spare_sock = _prefork(ctl)
+                spare, spare_sock = _prefork(ctl, _enclosure)
                 _send(ctl, {"type": "spare", "spare": spare})
         if wake_r in readable:
             while True:
@@ -248,8 +358,10 @@ def main():
                     workers.discard(pid)
                     _send(ctl, {"type": "exit", "pid": pid, "status": status})
                 elif pid == spare:  # killed with a worker's leftovers: have another one ready
+                    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == _ENCLOSE_FAILED:
+                        _enclosure = None  # its reason is on stderr; children enclose themselves
                     spare_sock.close()
-                    spare, spare_sock = _prefork(ctl)
+                    spare, spare_sock = _prefork(ctl, _enclosure)
                     _send(ctl, {"type": "spare", "spare": spare})
         if ctl in readable:
             try:
@@ -268,35 +380,16 @@ def main():
                 _send(ctl, _show_or_hide(message))
                 continue
             if message.get("type") == "spawn":
-                if not spare:
-                    due = None
-                    spare, spare_sock = _prefork(ctl)
-                pid, sock = spare, spare_sock
-                plan = json.dumps(message["plan"]).encode()
-                try:
-                    try:
-                        socket.send_fds(sock, [plan], fds)
-                    except OSError:
-                        # The spare died before we reaped it (killed with a worker's
-                        # leftovers, say): one fresh child, not a failed invocation.
-                        sock.close()
-                        pid, sock = _prefork(ctl)
-                        socket.send_fds(sock, [plan], fds)
-                except OSError as exc:
-                    _send(ctl, {"type": "spawn_error", "message": f"the pre-forked worker is gone: {exc}"})
-                    pid = 0
-                finally:
-                    sock.close()
-                    for fd in fds:
-                        os.close(fd)
-                # The next child is forked when this one had time to confine itself and
-                # answer (on a 2-CPU host the fork would compete with it); at once where
-                # forking is cheap (no namespaces), so the invoker knows the spare's pid.
-                spare, spare_sock = 0, None
-                if _template is not None:
-                    due = time.monotonic() + PREFORK_DELAY_S
-                else:
-                    spare, spare_sock = _prefork(ctl)
+                pid, used = _spawn(ctl, message["plan"], fds, spare, spare_sock)
+                if used or not spare:
+                    # The next child is forked when this one had time to confine itself
+                    # and answer (on a 2-CPU host the fork would compete with it); at once
+                    # where forking is cheap (no namespaces), so the invoker knows its pid.
+                    spare, spare_sock = 0, None
+                    if _template is not None:
+                        due = time.monotonic() + PREFORK_DELAY_S
+                    else:
+                        spare, spare_sock = _prefork(ctl, _enclosure)
                 if pid:
                     workers.add(pid)
                     _send(ctl, {"type": "spawned", "pid": pid, "spare": spare})
