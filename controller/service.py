@@ -215,7 +215,7 @@ class ControllerServicer(pb_grpc.ControllerServicer):
     @rpc
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> pb.HeartbeatResponse:
         known = await asyncio.to_thread(
-            self._store.invokers.heartbeat, request.invoker_id, request.in_flight, request.warm_workers
+            self._store.invokers.heartbeat, request.invoker_id, wire.load_from_pb(request.load)
         )
         return pb.HeartbeatResponse(known=known)
 
@@ -224,7 +224,7 @@ class ControllerServicer(pb_grpc.ControllerServicer):
         invokers = await asyncio.to_thread(self._store.invokers.live)
         return pb.ListInvokersResponse(invokers=[
             pb.InvokerInfo(invoker_id=i.invoker_id, address=i.address, memory_capacity_mb=i.memory_capacity_mb,
-                           last_heartbeat_at=i.last_heartbeat_at, in_flight=i.in_flight, warm_workers=i.warm_workers)
+                           last_heartbeat_at=i.last_heartbeat_at, load=wire.load_to_pb(i.load))
             for i in invokers
         ])
 

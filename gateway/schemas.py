@@ -21,6 +21,7 @@ from lamina.core.logs import LogRecord
 SPEC_FIELDS: dict[str, type] = {
     "name": str, "runtime": str, "handler": str, "memory_mb": int, "timeout_s": int,
     "environment": dict, "description": str, "egress": str,
+    "min_scale": int, "max_scale": int, "concurrency": int, "keep_alive_s": int,
 }
 
 
@@ -41,7 +42,8 @@ def function_json(fn: FunctionState, *, with_environment: bool = True) -> dict[s
     else:
         body["environment_keys"] = sorted(spec.environment)
     body.update(
-        description=spec.description, egress=spec.egress, code_sha256=spec.code_sha256, code_size=fn.code_size,
+        description=spec.description, egress=spec.egress, min_scale=spec.min_scale, max_scale=spec.max_scale,
+        concurrency=spec.concurrency, keep_alive_s=spec.keep_alive_s, code_sha256=spec.code_sha256, code_size=fn.code_size,
         revision=fn.revision, created_at=iso_time(fn.created_at), updated_at=iso_time(fn.updated_at),
     )
     return body
@@ -102,6 +104,10 @@ class FunctionOut(BaseModel):
     environment: dict[str, str] = Field(description="Present on single-function responses.")
     description: str
     egress: str = Field(description='"internet" (default) or "none".')
+    min_scale: int = Field(description="Workers kept warm on the function's home invoker.")
+    max_scale: int = Field(description="Most workers of the function on one invoker.")
+    concurrency: int = Field(description="Reserved concurrency: most invocations in flight (0: none).")
+    keep_alive_s: int = Field(description="Seconds an idle worker is kept warm (0: the adaptive policy).")
     code_sha256: str
     code_size: int = Field(description="Size of the code bundle (zip) in bytes.")
     revision: int = Field(description="Revision of the last change; send it back in If-Match.")
@@ -118,6 +124,10 @@ class FunctionSummary(BaseModel):
     environment_keys: list[str] = Field(description="Names of the environment variables; values are omitted.")
     description: str
     egress: str = Field(description='"internet" (default) or "none".')
+    min_scale: int = Field(description="Workers kept warm on the function's home invoker.")
+    max_scale: int = Field(description="Most workers of the function on one invoker.")
+    concurrency: int = Field(description="Reserved concurrency: most invocations in flight (0: none).")
+    keep_alive_s: int = Field(description="Seconds an idle worker is kept warm (0: the adaptive policy).")
     code_sha256: str
     code_size: int
     revision: int
@@ -153,7 +163,8 @@ DEPLOY_FORM = {
                     "type": "object",
                     "properties": {
                         "spec": {"type": "string", "description": "JSON object: name, runtime, handler, memory_mb, "
-                                 "timeout_s, environment, description, egress."},
+                                 "timeout_s, environment, description, egress, min_scale, max_scale, concurrency, "
+                                 "keep_alive_s."},
                         "code": {"type": "string", "format": "binary", "description": "The code bundle (zip)."},
                     },
                     "required": ["spec"],

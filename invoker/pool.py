@@ -20,6 +20,7 @@ from invoker.sandboxes import Sandbox
 from invoker.worker import LogSink, Worker, WorkerSpec
 from lamina.controller_client import ChangeType, FunctionChange
 from lamina.core.errors import LimitExceeded, Unavailable
+from lamina.core.fleet import InvokerLoad
 from lamina.core.invocations import InvocationResult
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,11 @@ class WorkerPool:
     @property
     def in_flight(self) -> int:
         return len(self._busy)
+
+    def load(self) -> InvokerLoad:
+        """What the heartbeat reports."""
+        return InvokerLoad(in_flight=self.in_flight, warm_workers=self.warm_workers, busy_workers=len(self._busy),
+                           reserved_memory_mb=self._reserved_mb, queued=0)
 
     @property
     def warm_workers(self) -> int:

@@ -134,7 +134,7 @@ class InvokerServer:
                     self.registered.set()
                     log.info("registered with the controller at %s", self._client.address)
                 await asyncio.sleep(interval)
-                if not await self._client.heartbeat(self.invoker_id, self.pool.in_flight, self.pool.warm_workers):
+                if not await self._client.heartbeat(self.invoker_id, self.pool.load()):
                     log.info("the controller forgot invoker %s; registering again", self.invoker_id)
                     self.registered.clear()
                     interval = None

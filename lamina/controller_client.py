@@ -15,7 +15,7 @@ import grpc.aio
 
 from lamina import wire
 from lamina.core.errors import Unavailable
-from lamina.core.fleet import InvokerInfo
+from lamina.core.fleet import InvokerInfo, InvokerLoad
 from lamina.core.functions import Function, FunctionSpec
 from lamina.core.keys import Principal
 from lamina.core.logs import LogRecord
@@ -153,8 +153,8 @@ class ControllerClient:
         )
         return (await self._call(self._stub.RegisterInvoker, request, timeout=10)).heartbeat_interval_s
 
-    async def heartbeat(self, invoker_id: str, in_flight: int, warm_workers: int) -> bool:
-        request = pb.HeartbeatRequest(invoker_id=invoker_id, in_flight=in_flight, warm_workers=warm_workers)
+    async def heartbeat(self, invoker_id: str, load: InvokerLoad) -> bool:
+        request = pb.HeartbeatRequest(invoker_id=invoker_id, load=wire.load_to_pb(load))
         return (await self._call(self._stub.Heartbeat, request, timeout=10)).known
 
     async def list_invokers(self) -> list[InvokerInfo]:
@@ -162,7 +162,7 @@ class ControllerClient:
         return [
             InvokerInfo(
                 invoker_id=i.invoker_id, address=i.address, memory_capacity_mb=i.memory_capacity_mb,
-                last_heartbeat_at=i.last_heartbeat_at, in_flight=i.in_flight, warm_workers=i.warm_workers,
+                last_heartbeat_at=i.last_heartbeat_at, load=wire.load_from_pb(i.load),
             )
             for i in msg.invokers
         ]

@@ -10,7 +10,8 @@ from __future__ import annotations
 import grpc
 
 from lamina.core import errors
-from lamina.core.functions import DEFAULT_EGRESS, Function, FunctionSpec
+from lamina.core.fleet import InvokerLoad
+from lamina.core.functions import DEFAULT_EGRESS, MAX_SCALE_DEFAULT, Function, FunctionSpec
 from lamina.core.invocations import InvocationResult, Outcome
 from lamina.core.records import LATEST, FunctionUsage, InvocationRecord
 from lamina.rpc import controller_pb2 as cpb
@@ -66,7 +67,8 @@ def spec_to_pb(spec: FunctionSpec) -> cpb.FunctionSpec:
     return cpb.FunctionSpec(
         name=spec.name, runtime=spec.runtime, handler=spec.handler, memory_mb=spec.memory_mb,
         timeout_s=spec.timeout_s, environment=dict(spec.environment), code_sha256=spec.code_sha256,
-        description=spec.description, egress=spec.egress,
+        description=spec.description, egress=spec.egress, min_scale=spec.min_scale, max_scale=spec.max_scale,
+        concurrency=spec.concurrency, keep_alive_s=spec.keep_alive_s,
     )
 
 
@@ -74,7 +76,8 @@ def spec_from_pb(msg: cpb.FunctionSpec) -> FunctionSpec:
     return FunctionSpec(
         name=msg.name, runtime=msg.runtime, handler=msg.handler, memory_mb=msg.memory_mb,
         timeout_s=msg.timeout_s, environment=dict(msg.environment), code_sha256=msg.code_sha256,
-        description=msg.description, egress=msg.egress or DEFAULT_EGRESS,
+        description=msg.description, egress=msg.egress or DEFAULT_EGRESS, min_scale=msg.min_scale,
+        max_scale=msg.max_scale or MAX_SCALE_DEFAULT, concurrency=msg.concurrency, keep_alive_s=msg.keep_alive_s,
     )
 
 
@@ -154,3 +157,13 @@ def usage_to_pb(u: FunctionUsage) -> cpb.FunctionUsage:
 def usage_from_pb(msg: cpb.FunctionUsage) -> FunctionUsage:
     return FunctionUsage(function=msg.function, invocations=msg.invocations, errors=msg.errors,
                          cold_starts=msg.cold_starts, billed_ms=msg.billed_ms, gb_seconds=msg.gb_seconds)
+
+
+def load_to_pb(load: InvokerLoad) -> cpb.InvokerLoad:
+    return cpb.InvokerLoad(in_flight=load.in_flight, warm_workers=load.warm_workers, busy_workers=load.busy_workers,
+                           reserved_memory_mb=load.reserved_memory_mb, queued=load.queued)
+
+
+def load_from_pb(msg: cpb.InvokerLoad) -> InvokerLoad:
+    return InvokerLoad(in_flight=msg.in_flight, warm_workers=msg.warm_workers, busy_workers=msg.busy_workers,
+                       reserved_memory_mb=msg.reserved_memory_mb, queued=msg.queued)

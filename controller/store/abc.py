@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from lamina.core.fleet import InvokerInfo
+from lamina.core.fleet import InvokerInfo, InvokerLoad
 from lamina.core.functions import Function, FunctionSpec
 from lamina.core.logs import LogRecord
 from lamina.core.records import FunctionUsage, InvocationRecord
@@ -107,7 +107,7 @@ class InvokerRegistry(Protocol):
     def register(self, invoker_id: str, address: str, memory_capacity_mb: int) -> None:
         """Insert or replace the invoker, as just heard from with no load. Idempotent."""
 
-    def heartbeat(self, invoker_id: str, in_flight: int, warm_workers: int) -> bool:
+    def heartbeat(self, invoker_id: str, load: InvokerLoad) -> bool:
         """Record the invoker's load now; False if it is not registered (it must register)."""
 
     def live(self) -> list[InvokerInfo]:

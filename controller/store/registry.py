@@ -12,7 +12,7 @@ from controller.store.abc import KeyRecord
 from controller.store.database import Database
 from controller.store.schema import api_keys, invokers
 from lamina.core.errors import Conflict
-from lamina.core.fleet import InvokerInfo
+from lamina.core.fleet import InvokerInfo, InvokerLoad
 
 #: An invoker silent for this many heartbeat intervals is no longer listed.
 MISSED_HEARTBEATS = 3
@@ -47,6 +47,11 @@ class SQLKeyStore:
             return conn.execute(sa.select(api_keys.c.id).limit(1)).first() is not None
 
 
+def _load_values(load: InvokerLoad) -> dict[str, int]:
+    return {"in_flight": load.in_flight, "warm_workers": load.warm_workers, "busy_workers": load.busy_workers,
+            "reserved_memory_mb": load.reserved_memory_mb, "queued": load.queued}
+
+
 class SQLInvokerRegistry:
     """:class:`~controller.store.abc.InvokerRegistry` on SQLite or PostgreSQL.
 
@@ -61,7 +66,7 @@ class SQLInvokerRegistry:
     def register(self, invoker_id: str, address: str, memory_capacity_mb: int) -> None:
         now = self._clock()
         values = {"id": invoker_id, "address": address, "memory_capacity_mb": memory_capacity_mb,
-                  "registered_at": now, "last_heartbeat_at": now, "in_flight": 0, "warm_workers": 0}
+                  "registered_at": now, "last_heartbeat_at": now, **_load_values(InvokerLoad())}
         # A native upsert: a re-registering invoker (restarted, or after a controller
         # restart) must never race itself into a duplicate-key error.
         insert = (postgresql.insert if self._db.dialect == "postgresql" else sqlite.insert)(invokers)
@@ -71,10 +76,10 @@ class SQLInvokerRegistry:
         with self._db.write() as conn:
             conn.execute(stmt)
 
-    def heartbeat(self, invoker_id: str, in_flight: int, warm_workers: int) -> bool:
+    def heartbeat(self, invoker_id: str, load: InvokerLoad) -> bool:
         stmt = (
             sa.update(invokers).where(invokers.c.id == invoker_id)
-            .values(last_heartbeat_at=self._clock(), in_flight=in_flight, warm_workers=warm_workers)
+            .values(last_heartbeat_at=self._clock(), **_load_values(load))
         )
         with self._db.write() as conn:
             return conn.execute(stmt).rowcount == 1
@@ -86,7 +91,9 @@ class SQLInvokerRegistry:
             rows = conn.execute(query).all()
         return [
             InvokerInfo(invoker_id=row.id, address=row.address, memory_capacity_mb=int(row.memory_capacity_mb),
-                        last_heartbeat_at=float(row.last_heartbeat_at), in_flight=int(row.in_flight),
-                        warm_workers=int(row.warm_workers))
+                        last_heartbeat_at=float(row.last_heartbeat_at),
+                        load=InvokerLoad(in_flight=int(row.in_flight), warm_workers=int(row.warm_workers),
+                                         busy_workers=int(row.busy_workers),
+                                         reserved_memory_mb=int(row.reserved_memory_mb), queued=int(row.queued)))
             for row in rows
         ]

@@ -29,6 +29,10 @@ functions = sa.Table(
     sa.Column("environment", sa.JSON, nullable=False),
     sa.Column("description", sa.String(256), nullable=False),
     sa.Column("egress", sa.String(16), nullable=False, server_default="internet"),
+    sa.Column("min_scale", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("max_scale", sa.Integer, nullable=False, server_default="100"),
+    sa.Column("concurrency", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("keep_alive_s", sa.Integer, nullable=False, server_default="0"),
     sa.Column("code_sha256", sa.String(64), nullable=False),
     sa.Column("code_size", sa.BigInteger, nullable=False),
     # Global revision of the row's last change (see revision_counter).
@@ -79,6 +83,9 @@ invokers = sa.Table(
     sa.Column("last_heartbeat_at", sa.Float, nullable=False),
     sa.Column("in_flight", sa.Integer, nullable=False),
     sa.Column("warm_workers", sa.Integer, nullable=False),
+    sa.Column("busy_workers", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("reserved_memory_mb", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("queued", sa.Integer, nullable=False, server_default="0"),
 )
 
 log_records = sa.Table(

@@ -32,7 +32,8 @@ ApiKey = Annotated[str | None, typer.Option("--api-key", envvar="LAMINA_API_KEY"
 #: lamina.yaml keys and the spec fields they set.
 YAML_KEYS = {"name": "name", "runtime": "runtime", "handler": "handler", "memory": "memory_mb",
              "timeout": "timeout_s", "environment": "environment", "description": "description",
-             "egress": "egress"}
+             "egress": "egress", "min_scale": "min_scale", "max_scale": "max_scale",
+             "concurrency": "concurrency", "keep_alive": "keep_alive_s"}
 
 
 def _client(url: str, api_key: str | None) -> Client:
@@ -112,6 +113,12 @@ def register(app: typer.Typer) -> None:
         env: Annotated[list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE, repeatable")] = None,
         description: Annotated[str | None, typer.Option("--description")] = None,
         egress: Annotated[str | None, typer.Option("--egress", help="internet (default) or none")] = None,
+        min_scale: Annotated[int | None, typer.Option("--min-scale", help="workers kept warm [default: 0]")] = None,
+        max_scale: Annotated[int | None, typer.Option("--max-scale", help="most workers per invoker [default: 100]")] = None,
+        concurrency: Annotated[int | None, typer.Option(
+            "--concurrency", help="reserved concurrency: most invocations in flight, beyond it 429 [default: 0, none]")] = None,
+        keep_alive: Annotated[int | None, typer.Option(
+            "--keep-alive", help="seconds an idle worker stays warm [default: 0, the adaptive policy]")] = None,
         url: Url = DEFAULT_URL,
         api_key: ApiKey = None,
     ) -> None:
@@ -119,7 +126,8 @@ def register(app: typer.Typer) -> None:
         try:
             fields = read_manifest(directory)
             flags = {"name": name, "runtime": runtime, "handler": handler, "memory_mb": memory,
-                     "timeout_s": timeout, "description": description, "egress": egress}
+                     "timeout_s": timeout, "description": description, "egress": egress, "min_scale": min_scale,
+                     "max_scale": max_scale, "concurrency": concurrency, "keep_alive_s": keep_alive}
             fields.update({k: v for k, v in flags.items() if v is not None})
             fields["environment"] = {**fields.get("environment", {}), **_parse_env(env or [])}
             fields.setdefault("name", directory.resolve().name)

@@ -30,6 +30,12 @@ DESCRIPTION_MAX = 256
 #: "none" (no network interface but its own loopback).
 EGRESS = ("internet", "none")
 DEFAULT_EGRESS = "internet"
+#: Scaling: workers per invoker (``max_scale``), warm workers kept (``min_scale``), the
+#: function's reserved concurrency (0: none, shared capacity) and its keep-alive window
+#: (0: the invoker's policy, adaptive by default).
+MAX_SCALE_LIMIT, MAX_SCALE_DEFAULT = 1000, 100
+CONCURRENCY_LIMIT = 10000
+KEEP_ALIVE_S_MAX = 24 * 3600
 #: Variables the runtime sets itself; a function may not override them.
 RESERVED_ENV_PREFIXES = ("LAMINA_", "AWS_LAMBDA_", "LAMBDA_")
 RESERVED_ENV_KEYS = frozenset({"_HANDLER", "AWS_REGION", "AWS_EXECUTION_ENV", "PATH", "PYTHONPATH", "TZ"})
@@ -50,6 +56,14 @@ class FunctionSpec:
     description: str = ""
     #: "internet" or "none"; see ``EGRESS``.
     egress: str = DEFAULT_EGRESS
+    #: Workers kept warm (pre-started, and re-created when they die) on the function's home invoker.
+    min_scale: int = 0
+    #: Most workers of the function on one invoker.
+    max_scale: int = MAX_SCALE_DEFAULT
+    #: Reserved concurrency: most invocations in flight at once (0: no reservation).
+    concurrency: int = 0
+    #: Seconds an idle worker is kept warm (0: the invoker's keep-alive policy).
+    keep_alive_s: int = 0
 
     def with_code(self, sha256: str) -> FunctionSpec:
         return replace(self, code_sha256=sha256)
@@ -93,11 +107,27 @@ def validate_spec(spec: FunctionSpec, *, require_code: bool = True) -> FunctionS
     validate_environment(spec.environment)
     if spec.egress not in EGRESS:
         raise InvalidSpec(f"unknown egress {spec.egress!r}: expected one of {', '.join(EGRESS)}")
+    validate_scaling(spec)
     if len(spec.description) > DESCRIPTION_MAX:
         raise InvalidSpec(f"description is longer than {DESCRIPTION_MAX} characters")
     if require_code and not re.fullmatch(r"[0-9a-f]{64}", spec.code_sha256 or ""):
         raise InvalidSpec(f"invalid code digest {spec.code_sha256!r}: upload the code bundle first")
     return spec
+
+
+def validate_scaling(spec: FunctionSpec) -> None:
+    if not 1 <= spec.max_scale <= MAX_SCALE_LIMIT:
+        raise InvalidSpec(f"max_scale {spec.max_scale} is out of range 1..{MAX_SCALE_LIMIT}")
+    if not 0 <= spec.min_scale <= spec.max_scale:
+        raise InvalidSpec(f"min_scale {spec.min_scale} is out of range 0..max_scale ({spec.max_scale})")
+    if not 0 <= spec.concurrency <= CONCURRENCY_LIMIT:
+        raise InvalidSpec(f"concurrency {spec.concurrency} is out of range 0..{CONCURRENCY_LIMIT} (0: no reservation)")
+    if spec.concurrency and spec.min_scale > spec.concurrency:
+        raise InvalidSpec(f"min_scale {spec.min_scale} is more than the reserved concurrency {spec.concurrency}: "
+                          "warm workers beyond it could never be used")
+    if not 0 <= spec.keep_alive_s <= KEEP_ALIVE_S_MAX:
+        raise InvalidSpec(f"keep_alive {spec.keep_alive_s} s is out of range 0..{KEEP_ALIVE_S_MAX} s "
+                          "(0: the invoker's adaptive policy)")
 
 
 def validate_environment(environment: dict[str, str]) -> None:

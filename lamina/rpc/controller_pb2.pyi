@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class FunctionSpec(_message.Message):
-    __slots__ = ("name", "runtime", "handler", "memory_mb", "timeout_s", "environment", "code_sha256", "description", "egress")
+    __slots__ = ("name", "runtime", "handler", "memory_mb", "timeout_s", "environment", "code_sha256", "description", "egress", "min_scale", "max_scale", "concurrency", "keep_alive_s")
     class EnvironmentEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,10 @@ class FunctionSpec(_message.Message):
     CODE_SHA256_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     EGRESS_FIELD_NUMBER: _ClassVar[int]
+    MIN_SCALE_FIELD_NUMBER: _ClassVar[int]
+    MAX_SCALE_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    KEEP_ALIVE_S_FIELD_NUMBER: _ClassVar[int]
     name: str
     runtime: str
     handler: str
@@ -34,7 +38,11 @@ class FunctionSpec(_message.Message):
     code_sha256: str
     description: str
     egress: str
-    def __init__(self, name: _Optional[str] = ..., runtime: _Optional[str] = ..., handler: _Optional[str] = ..., memory_mb: _Optional[int] = ..., timeout_s: _Optional[int] = ..., environment: _Optional[_Mapping[str, str]] = ..., code_sha256: _Optional[str] = ..., description: _Optional[str] = ..., egress: _Optional[str] = ...) -> None: ...
+    min_scale: int
+    max_scale: int
+    concurrency: int
+    keep_alive_s: int
+    def __init__(self, name: _Optional[str] = ..., runtime: _Optional[str] = ..., handler: _Optional[str] = ..., memory_mb: _Optional[int] = ..., timeout_s: _Optional[int] = ..., environment: _Optional[_Mapping[str, str]] = ..., code_sha256: _Optional[str] = ..., description: _Optional[str] = ..., egress: _Optional[str] = ..., min_scale: _Optional[int] = ..., max_scale: _Optional[int] = ..., concurrency: _Optional[int] = ..., keep_alive_s: _Optional[int] = ...) -> None: ...
 
 class Function(_message.Message):
     __slots__ = ("spec", "revision", "code_size", "created_at", "updated_at")
@@ -197,14 +205,26 @@ class RegisterInvokerResponse(_message.Message):
     def __init__(self, heartbeat_interval_s: _Optional[float] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("invoker_id", "in_flight", "warm_workers")
+    __slots__ = ("invoker_id", "load")
     INVOKER_ID_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
+    invoker_id: str
+    load: InvokerLoad
+    def __init__(self, invoker_id: _Optional[str] = ..., load: _Optional[_Union[InvokerLoad, _Mapping]] = ...) -> None: ...
+
+class InvokerLoad(_message.Message):
+    __slots__ = ("in_flight", "warm_workers", "busy_workers", "reserved_memory_mb", "queued")
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     WARM_WORKERS_FIELD_NUMBER: _ClassVar[int]
-    invoker_id: str
+    BUSY_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
     in_flight: int
     warm_workers: int
-    def __init__(self, invoker_id: _Optional[str] = ..., in_flight: _Optional[int] = ..., warm_workers: _Optional[int] = ...) -> None: ...
+    busy_workers: int
+    reserved_memory_mb: int
+    queued: int
+    def __init__(self, in_flight: _Optional[int] = ..., warm_workers: _Optional[int] = ..., busy_workers: _Optional[int] = ..., reserved_memory_mb: _Optional[int] = ..., queued: _Optional[int] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("known",)
@@ -217,20 +237,18 @@ class ListInvokersRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InvokerInfo(_message.Message):
-    __slots__ = ("invoker_id", "address", "memory_capacity_mb", "last_heartbeat_at", "in_flight", "warm_workers")
+    __slots__ = ("invoker_id", "address", "memory_capacity_mb", "last_heartbeat_at", "load")
     INVOKER_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_CAPACITY_MB_FIELD_NUMBER: _ClassVar[int]
     LAST_HEARTBEAT_AT_FIELD_NUMBER: _ClassVar[int]
-    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
-    WARM_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
     invoker_id: str
     address: str
     memory_capacity_mb: int
     last_heartbeat_at: float
-    in_flight: int
-    warm_workers: int
-    def __init__(self, invoker_id: _Optional[str] = ..., address: _Optional[str] = ..., memory_capacity_mb: _Optional[int] = ..., last_heartbeat_at: _Optional[float] = ..., in_flight: _Optional[int] = ..., warm_workers: _Optional[int] = ...) -> None: ...
+    load: InvokerLoad
+    def __init__(self, invoker_id: _Optional[str] = ..., address: _Optional[str] = ..., memory_capacity_mb: _Optional[int] = ..., last_heartbeat_at: _Optional[float] = ..., load: _Optional[_Union[InvokerLoad, _Mapping]] = ...) -> None: ...
 
 class ListInvokersResponse(_message.Message):
     __slots__ = ("invokers",)

@@ -7,9 +7,11 @@ from lamina.core.errors import InvalidSpec
 def test_manifest_keys_map_to_spec_fields(tmp_path):
     (tmp_path / "lamina.yaml").write_text(
         "name: hi\nhandler: main.run\nmemory: 256\ntimeout: 5\nenvironment:\n  A: 1\n"
+        "min_scale: 1\nmax_scale: 8\nconcurrency: 4\nkeep_alive: 30\n"
     )
     assert read_manifest(tmp_path) == {
-        "name": "hi", "handler": "main.run", "memory_mb": 256, "timeout_s": 5, "environment": {"A": "1"}
+        "name": "hi", "handler": "main.run", "memory_mb": 256, "timeout_s": 5, "environment": {"A": "1"},
+        "min_scale": 1, "max_scale": 8, "concurrency": 4, "keep_alive_s": 30,
     }
 
 

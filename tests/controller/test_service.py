@@ -34,6 +34,7 @@ from lamina.core.errors import (
     Unauthenticated,
     Unavailable,
 )
+from lamina.core.fleet import InvokerLoad
 from lamina.core.functions import FunctionSpec
 from lamina.core.logs import LogRecord
 from lamina.core.settings import ControllerSettings
@@ -369,11 +370,12 @@ async def test_a_configured_admin_key_is_used_instead_of_a_file(tmp_path, databa
 
 async def test_invokers_register_heartbeat_and_are_listed(client):
     assert await client.register_invoker("inv-1", "127.0.0.1:50052", 4096) == 2.0
-    assert await client.heartbeat("inv-1", in_flight=2, warm_workers=3) is True
-    assert await client.heartbeat("ghost", 0, 0) is False
+    load = InvokerLoad(in_flight=2, warm_workers=3, busy_workers=2, reserved_memory_mb=384, queued=5)
+    assert await client.heartbeat("inv-1", load) is True
+    assert await client.heartbeat("ghost", InvokerLoad()) is False
     (info,) = await client.list_invokers()
-    assert (info.invoker_id, info.address, info.memory_capacity_mb, info.in_flight, info.warm_workers) == (
-        "inv-1", "127.0.0.1:50052", 4096, 2, 3,
+    assert (info.invoker_id, info.address, info.memory_capacity_mb, info.load) == (
+        "inv-1", "127.0.0.1:50052", 4096, load,
     )
     with pytest.raises(InvalidSpec, match="invoker_id"):
         await client.register_invoker("", "127.0.0.1:1", 1)

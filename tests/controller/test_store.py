@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from controller import keys
 from controller.store import SQLStore
 from lamina.core.errors import Conflict, InvalidSpec, NotFound, Unauthenticated
+from lamina.core.fleet import InvokerLoad
 from lamina.core.functions import FunctionSpec
 from lamina.core.logs import LogRecord
 
@@ -278,23 +279,24 @@ def test_ensure_admin_key_mints_into_a_0600_file_once(store, tmp_path):
 def test_invokers_register_heartbeat_and_expire_after_three_intervals(store, clock):
     store.invokers.register("inv-1", "10.0.0.1:50052", 4096)
     store.invokers.register("inv-2", "10.0.0.2:50052", 2048)
-    assert store.invokers.heartbeat("inv-1", in_flight=3, warm_workers=2) is True
-    assert store.invokers.heartbeat("ghost", 0, 0) is False
+    load = InvokerLoad(in_flight=3, warm_workers=2, busy_workers=2, reserved_memory_mb=256, queued=4)
+    assert store.invokers.heartbeat("inv-1", load) is True
+    assert store.invokers.heartbeat("ghost", InvokerLoad()) is False
     live = store.invokers.live()
-    assert [(i.invoker_id, i.address, i.memory_capacity_mb, i.in_flight, i.warm_workers) for i in live] == [
-        ("inv-1", "10.0.0.1:50052", 4096, 3, 2), ("inv-2", "10.0.0.2:50052", 2048, 0, 0),
+    assert [(i.invoker_id, i.address, i.memory_capacity_mb, i.load) for i in live] == [
+        ("inv-1", "10.0.0.1:50052", 4096, load), ("inv-2", "10.0.0.2:50052", 2048, InvokerLoad()),
     ]
     clock.now += 5.0
-    store.invokers.heartbeat("inv-1", 1, 1)
+    store.invokers.heartbeat("inv-1", InvokerLoad(in_flight=1))
     clock.now += 1.5  # inv-2 silent for 6.5 s > 3 × 2 s
     assert [i.invoker_id for i in store.invokers.live()] == ["inv-1"]
-    assert store.invokers.heartbeat("inv-2", 0, 0) is True  # still known: it may come back
+    assert store.invokers.heartbeat("inv-2", InvokerLoad()) is True  # still known: it may come back
     assert [i.invoker_id for i in store.invokers.live()] == ["inv-1", "inv-2"]
 
 
 def test_registering_again_replaces_the_invoker(store):
     store.invokers.register("inv-1", "10.0.0.1:50052", 4096)
-    store.invokers.heartbeat("inv-1", 7, 7)
+    store.invokers.heartbeat("inv-1", InvokerLoad(in_flight=7, warm_workers=7))
     store.invokers.register("inv-1", "10.0.0.9:50052", 1024)
     (info,) = store.invokers.live()
     assert (info.address, info.memory_capacity_mb, info.in_flight) == ("10.0.0.9:50052", 1024, 0)

@@ -38,6 +38,14 @@ def test_invalid_names_are_refused_with_the_name(name):
         ({"environment": {"BIG": "x" * 4094}}, "over the limit of 4096 bytes"),
         ({"code_sha256": "nothex"}, "invalid code digest"),
         ({"egress": "intranet"}, "unknown egress 'intranet'"),
+        ({"max_scale": 0}, "max_scale 0 is out of range 1..1000"),
+        ({"max_scale": 1001}, "max_scale 1001 is out of range"),
+        ({"min_scale": -1}, "min_scale -1 is out of range 0..max_scale (100)"),
+        ({"min_scale": 3, "max_scale": 2}, "min_scale 3 is out of range 0..max_scale (2)"),
+        ({"concurrency": -1}, "concurrency -1 is out of range 0..10000"),
+        ({"min_scale": 5, "concurrency": 2}, "min_scale 5 is more than the reserved concurrency 2"),
+        ({"keep_alive_s": -1}, "keep_alive -1 s is out of range 0..86400"),
+        ({"keep_alive_s": 86401}, "keep_alive 86401 s is out of range"),
     ],
 )
 def test_each_bad_field_is_named(changes, message):
@@ -46,7 +54,8 @@ def test_each_bad_field_is_named(changes, message):
 
 
 def test_a_valid_spec_passes_and_code_may_come_later():
-    good = spec(handler="src/app.handler", memory_mb=10240, timeout_s=900, environment={"K": "v" * 4000}, egress="none")
+    good = spec(handler="src/app.handler", memory_mb=10240, timeout_s=900, environment={"K": "v" * 4000}, egress="none",
+                min_scale=2, max_scale=1000, concurrency=2, keep_alive_s=86400)
     assert validate_spec(spec(runtime="nodejs20", handler="index.handler")).runtime == "nodejs20"
     assert validate_spec(good) is good
     assert validate_spec(spec(code_sha256=""), require_code=False).name == "hello"

@@ -61,7 +61,8 @@ def test_function_url_needs_no_key(management: Stack):
 
 
 def test_create_get_list_delete(management: Stack):
-    spec = {"name": "crud", "handler": "app.handler", "environment": {"SECRET": "hunter2"}, "description": "d"}
+    spec = {"name": "crud", "handler": "app.handler", "environment": {"SECRET": "hunter2"}, "description": "d",
+            "min_scale": 1, "max_scale": 8, "concurrency": 4, "keep_alive_s": 30}
     with management.api() as api:
         created = api.post("/api/v1/functions", files=deploy_form(spec, HELLO))
         assert created.status_code == 201, created.text
@@ -70,8 +71,9 @@ def test_create_get_list_delete(management: Stack):
         assert fn["code_sha256"] == hashlib.sha256(HELLO).hexdigest() and fn["code_size"] == len(HELLO)
         assert fn["created_at"].endswith("Z") and fn["revision"] > 0
         assert created.headers["etag"] == f'"{fn["revision"]}"'
+        assert (fn["min_scale"], fn["max_scale"], fn["concurrency"], fn["keep_alive_s"]) == (1, 8, 4, 30)
         assert set(fn) == {"name", "runtime", "handler", "memory_mb", "timeout_s", "environment", "description", "egress",
-                           "code_sha256", "code_size", "revision", "created_at", "updated_at"}
+                           "min_scale", "max_scale", "concurrency", "keep_alive_s", "code_sha256", "code_size", "revision", "created_at", "updated_at"}
 
         again = api.post("/api/v1/functions", files=deploy_form(spec, HELLO))
         assert again.status_code == 409 and error_of(again)[0] == "Conflict"
