@@ -65,6 +65,41 @@ class ControllerSettings(CommonSettings):
     """LAMINA_MIGRATE: apply Alembic migrations at start. Off when a separate migration job
     (the Helm chart's hook) owns the schema."""
 
+    orchestrator: str = "none"
+    """LAMINA_ORCHESTRATOR: who sizes the invoker fleet. `none`: the operator does (fixed
+    processes or replicas); `local`: the controller starts and stops `lamina invoker`
+    processes on this machine (`lamina up --invokers N|auto`); `kubernetes`: it patches the
+    scale of the invoker Deployment (LAMINA_KUBERNETES_DEPLOYMENT) in its namespace."""
+
+    min_invokers: int = 1
+    """LAMINA_MIN_INVOKERS: fewest invokers the orchestrator keeps (at least 1, so a request
+    never waits for an invoker to start; scale to zero happens per function, in the workers)."""
+
+    max_invokers: int = 1
+    """LAMINA_MAX_INVOKERS: most invokers the orchestrator starts. Equal to the minimum means
+    a fixed fleet (`--invokers N`)."""
+
+    target_utilization: float = 0.7
+    """LAMINA_TARGET_UTILIZATION: the share of the fleet's worker memory the orchestrator
+    aims to have reserved, 0-1. 0.7 (Knative's default target) leaves headroom for a burst
+    while a new invoker starts."""
+
+    stable_window_s: float = 60.0
+    """LAMINA_STABLE_WINDOW_S: seconds of reported load averaged for scaling decisions
+    (Knative's stable window, 60 s): the fleet shrinks only when this whole window says so."""
+
+    panic_window_s: float = 6.0
+    """LAMINA_PANIC_WINDOW_S: the short window (10 % of the stable one, as Knative) that
+    scales up at once when load in it reaches twice the target; no scale-down while panicking."""
+
+    kubernetes_namespace: str = ""
+    """LAMINA_KUBERNETES_NAMESPACE: namespace of the invoker Deployment. Empty means the
+    controller pod's own (read from the service account)."""
+
+    kubernetes_deployment: str = "lamina-invoker"
+    """LAMINA_KUBERNETES_DEPLOYMENT: name of the invoker Deployment the `kubernetes`
+    orchestrator scales."""
+
 
 @dataclass(frozen=True)
 class GatewaySettings(CommonSettings):
@@ -88,6 +123,20 @@ class GatewaySettings(CommonSettings):
     invoke_grace_s: float = 5.0
     """LAMINA_INVOKE_GRACE_S: seconds the gateway waits for an invoker beyond the function's
     timeout before answering 504 itself, so a lost invoker never hangs a caller."""
+
+    queue_depth: int = 100
+    """LAMINA_QUEUE_DEPTH: synchronous invocations of one function that may wait for a free
+    slot of its reserved concurrency; beyond it the caller gets 429 with Retry-After at once
+    (never an unbounded queue)."""
+
+    queue_age_s: float = 10.0
+    """LAMINA_QUEUE_AGE_S: longest a synchronous invocation waits in its function's queue
+    before it gets 429; smooths a burst without holding callers for long."""
+
+    eject_error_rate: float = 0.5
+    """LAMINA_EJECT_ERROR_RATE: share of system errors (unreachable, lost stream) among an
+    invoker's recent calls above which the gateway takes it out of the ring until a health
+    check passes again."""
 
 
 @dataclass(frozen=True)
@@ -117,8 +166,15 @@ class InvokerSettings(CommonSettings):
     """LAMINA_MEMORY_CAPACITY_MB: memory the invoker may reserve for workers, in MB."""
 
     idle_timeout_s: float = 600.0
-    """LAMINA_IDLE_TIMEOUT_S: seconds an idle warm worker is kept before it is stopped.
-    10 minutes is AWS's fixed keep-alive."""
+    """LAMINA_IDLE_TIMEOUT_S: the fixed keep-alive: seconds an idle warm worker is kept
+    before it is stopped, when the adaptive policy is off or has too little history for a
+    function. 10 minutes is AWS's fixed keep-alive."""
+
+    keep_alive_policy: str = "adaptive"
+    """LAMINA_KEEP_ALIVE_POLICY: `adaptive` (per function, from the histogram of its idle
+    times: keep warm up to their 99th percentile, pre-warm shortly before the expected next
+    call — Shahrad et al., ATC'20) or `fixed` (LAMINA_IDLE_TIMEOUT_S for every function). A
+    function's own `keep_alive` overrides both."""
 
     log_cap_bytes: int = 256 * 1024
     """LAMINA_LOG_CAP_BYTES: most bytes of stdout/stderr kept per invocation; the rest is
