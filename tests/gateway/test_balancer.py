@@ -6,9 +6,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from gateway.balancer import HashRing
 from lamina.controller_client import ControllerClient
 from lamina.core.fleet import InvokerInfo
+from lamina.core.ring import HashRing
 from tests.conftest import free_port
 from tests.gateway.conftest import HELLO, Stack, deploy_form, start_stack
 

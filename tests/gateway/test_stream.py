@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 import invoker.server as invoker_server
-from gateway.balancer import HashRing
 from lamina import wire
 from lamina.controller_client import ControllerClient
+from lamina.core.ring import HashRing
 from lamina.core.settings import InvokerSettings
 from lamina.rpc import invoker_pb2 as pb
 from lamina.rpc import invoker_pb2_grpc as pb_grpc
