@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test bench bench-peer proto lint clean
+.PHONY: up test bench bench-peer bench-scale proto lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/warm_and_cold.py
+
+bench-scale: $(STAMP)
+	$(BIN)/python bench/autoscale.py
+	$(BIN)/python bench/keepalive_traces.py
 
 bench-peer: $(STAMP)
 	cd bench/peer && npm install --no-audit --no-fund --silent

@@ -11,19 +11,19 @@ What is replayed: per function, the start time and duration of every invocation 
   no memory data, so no GB-seconds;
 - ``synthetic``: 200 functions over 24 simulated hours, seeded, shaped like the paper's
   figures: 40 % rare (1-24 calls a day at random times), 20 % timers (periods 1 min-2 h with
-  ~1 s jitter), 15 % bursty (Poisson bursts of 5-50 calls hours apart), 15 % Poisson every
-  2-60 min, 10 % Poisson every 2-60 s; so about half the functions are called at most once an
+  ~1 s jitter), 15 % bursty (Poisson bursts of 5-50 calls, 0.5-4 h apart), 15 % Poisson every
+  2-60 min, 10 % Poisson every 2-60 s; so ~45 % of the functions are called at most once an
   hour (the paper: 45 % of apps). Durations and memory are log-normal (medians 1 s, 170 MB).
 
 How: a discrete-event simulation of one function's workers (``replay``), following
 ``Windows`` as the pool does. When an invocation ends the policy records it and is asked for
 the windows; the finished worker stays warm until end + keep_alive_s if prewarm_s is 0,
-otherwise it stops at once and one worker is loaded again at end + prewarm_s and kept until
-end + keep_alive_s (a later end replaces a pending re-load, and an arrival before the re-load
-cancels it: the call starts its own worker). An arrival takes an idle warm worker (warm) or
-starts one (cold); overlapping calls need several workers. Idle worker-seconds are the time
-workers were loaded but not running (memory held for nothing), counted up to the end of the
-trace; GB-seconds weigh them by the function's memory.
+otherwise it stops at once and a worker is loaded again in its place at end + prewarm_s and
+kept until end + keep_alive_s. An arrival takes the most recently used warm worker (warm) or
+starts one (cold), which then stands for the next re-load due (that one is not made); so
+overlapping calls get as many workers as they need, and no more are pre-warmed than were
+stopped. Idle worker-seconds are the time workers were loaded but not running (memory held
+for nothing), up to the end of the trace; GB-seconds weigh them by the function's memory.
 
 Reported per policy: cold starts over all invocations, the 75th percentile over functions of
 their cold-start % (the paper's figure of merit), idle worker-hours, idle GB-hours, pre-warm
@@ -80,52 +80,43 @@ def replay(calls: Sequence[Call], policy: KeepAlivePolicy, function: str = "f",
     out = Replay(invocations=len(calls))
     limit = math.inf if horizon is None else horizon
     busy: list[tuple[float, float]] = []  # heap of (end, start) of running invocations
-    idle: list[tuple[float, float]] = []  # warm workers: (idle since, kept until)
-    pending: tuple[float, float] | None = None  # a re-load: (at, kept until)
+    idle: list[tuple[float, float]] = []  # warm workers, least recently used first: (idle since, kept until)
+    pending: list[tuple[float, float]] = []  # heap of re-loads to come: (at, kept until)
 
     def held(since: float, until: float) -> float:
         return max(0.0, min(until, limit) - since)
 
-    def load_pending(now: float) -> None:
-        nonlocal pending
-        if pending is not None and pending[0] <= now:
-            idle.append(pending)
+    def load_due(now: float) -> None:
+        while pending and pending[0][0] <= now:
+            idle.append(heapq.heappop(pending))
             out.prewarm_loads += 1
-            pending = None
 
     def finish(end: float, start: float) -> None:
-        nonlocal pending
-        load_pending(end)
+        load_due(end)
         policy.record(function, start, end)
         w = policy.windows(function)
         if w.prewarm_s == 0:
             idle.append((end, end + w.keep_alive_s))
         else:
-            pending = (end + w.prewarm_s, end + w.keep_alive_s)
+            heapq.heappush(pending, (end + w.prewarm_s, end + w.keep_alive_s))
 
     for start, duration in sorted(calls):
         while busy and busy[0][0] <= start:
             finish(*heapq.heappop(busy))
-        load_pending(start)
-        live = []
-        for since, until in idle:
-            if until < start:
-                out.idle_s += held(since, until)
-            else:
-                live.append((since, until))
-        idle[:] = live
+        load_due(start)
+        out.idle_s += sum(held(since, until) for since, until in idle if until < start)
+        idle[:] = [(since, until) for since, until in idle if until >= start]
         if idle:
             since, _ = idle.pop()  # the most recently used, as the pool does
             out.idle_s += held(since, start)
         else:
             out.cold_starts += 1
-        pending = None  # a re-load not yet due is for a call that came early: this one
+            if pending:  # the call came before its re-load: its own worker takes that one's place
+                heapq.heappop(pending)
         heapq.heappush(busy, (start + duration, start))
     while busy:
         finish(*heapq.heappop(busy))
-    if pending is not None and pending[0] < limit:
-        idle.append(pending)
-        out.prewarm_loads += 1
+    load_due(limit)
     out.idle_s += sum(held(since, until) for since, until in idle)
     return out
 
@@ -269,10 +260,10 @@ def ratio(a: object, b: object) -> float | None:
 def compare(name: str, functions: Sequence[Function], horizon: float) -> dict[str, object]:
     fixed = evaluate(functions, KeepAlivePolicy(600.0, adaptive=False), horizon)
     adaptive = evaluate(functions, KeepAlivePolicy(), horizon)
-    hourly = sum(1 for f in functions if len(f.calls) <= horizon / 3600)
+    hourly = sum(1 for f in functions if len(f.calls) <= horizon / 3600) if horizon >= 3600 else None
     return {
         "functions": len(functions),
-        "called_at_most_hourly_pct": round(100 * hourly / len(functions), 1),
+        "called_at_most_hourly_pct": None if hourly is None else round(100 * hourly / len(functions), 1),
         "span_h": round(horizon / 3600, 2),
         "fixed_600s": fixed,
         "adaptive": adaptive,
@@ -305,11 +296,10 @@ def print_table(results: dict[str, dict[str, object]]) -> None:
 
 def main() -> None:
     began = time.perf_counter()
-    rng = random.Random(SEED)
     results: dict[str, dict[str, object]] = {}
     directory = traces_dir()
     if (directory / "azure2019_example_invocations_per_minute.csv").exists():
-        results["azure2019_example"] = compare("azure2019_example", azure2019(directory, rng), DAY_S)
+        results["azure2019_example"] = compare("azure2019_example", azure2019(directory, random.Random(SEED)), DAY_S)
     else:
         print(f"azure2019_example: no traces in {directory} (set LAMINA_TRACES_DIR); skipped")
     if (directory / "azure2021_sample_200.csv").exists():
@@ -318,11 +308,12 @@ def main() -> None:
         results["azure2021_sample"] = compare("azure2021_sample", functions, horizon)
     else:
         print(f"azure2021_sample: no traces in {directory} (set LAMINA_TRACES_DIR); skipped")
-    results["synthetic"] = compare("synthetic", synthetic(rng), DAY_S)
+    results["synthetic"] = compare("synthetic", synthetic(random.Random(SEED)), DAY_S)
     print_table(results)
     for name, r in results.items():
-        print(f"{name}: {r['functions']} functions over {r['span_h']} h, "
-              f"{r['called_at_most_hourly_pct']} % called at most once an hour")
+        hourly = r["called_at_most_hourly_pct"]
+        print(f"{name}: {r['functions']} functions over {r['span_h']} h"
+              + ("" if hourly is None else f", {hourly} % of them called at most once an hour"))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"seed": SEED, "traces_dir": str(directory), "results": results}, indent=2) + "\n")
     print(f"{time.perf_counter() - began:.1f} s; written to {RESULTS}")

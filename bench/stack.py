@@ -112,7 +112,8 @@ class BareUvicorn:
 class LaminaStack:
     """``lamina up`` in a temporary data directory, and an API client for it."""
 
-    def __init__(self, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, extra_env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
+        self.args = list(args or [])
         self.work = Path(tempfile.mkdtemp(prefix="lamina-bench-"))
         self.port = free_port()
         self.invoker_address = f"127.0.0.1:{free_port()}"
@@ -127,7 +128,7 @@ class LaminaStack:
         self.client: Client | None = None
 
     def __enter__(self) -> LaminaStack:
-        self.process = subprocess.Popen([sys.executable, "-m", "lamina", "up"], env=self.env, cwd=self.work,
+        self.process = subprocess.Popen([sys.executable, "-m", "lamina", "up", *self.args], env=self.env, cwd=self.work,
                                         stdout=subprocess.DEVNULL, start_new_session=True)
         try:
             wait_http(f"{self.url}/readyz", self.process, timeout=90)

@@ -3,7 +3,9 @@ sandboxed workers, learn how they ended.
 
 A :class:`Zygote` is owned by one sandbox slot; it serves one spawn at a time. The worker
 processes it forks are its children, not the invoker's, so their wait status arrives as an
-``exit`` message (:meth:`Zygote.wait_exit`).
+``exit`` message (:meth:`Zygote.wait_exit`). A slot's zygote is itself forked from the
+interpreter's :class:`ZygoteMaster` (~1 ms, against ~60 ms of CPU to start one), so a burst
+of cold starts that needs many new slots is not held up by interpreter start-ups.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 from collections.abc import Callable
@@ -71,10 +74,113 @@ class _Process:
         return await asyncio.shield(self._exited)
 
 
+class _Forked:
+    """A zygote forked by the master: not our child, so its exit comes from a pidfd (the
+    master reaps it) and its status is unknown (-1)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        loop = asyncio.get_running_loop()
+        self._exited: asyncio.Future[int] = loop.create_future()
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self._pidfd = -1
+            self._settle()
+        else:
+            loop.add_reader(self._pidfd, self._on_exit)
+
+    def _on_exit(self) -> None:
+        asyncio.get_running_loop().remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        self._pidfd = -1
+        self._settle()
+
+    def _settle(self) -> None:
+        self.returncode = -1
+        if not self._exited.done():
+            self._exited.set_result(-1)
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._exited)
+
+
+class ZygoteMaster:
+    """The zygote of zygotes of one interpreter (``zygote.py --master``): it forks each new
+    slot's zygote. ``await ZygoteMaster.start(interpreter)``; :meth:`fork`; :meth:`close`."""
+
+    def __init__(self, process: _Process, control: socket.socket) -> None:
+        self.process = process
+        self._control = control
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def start(cls, interpreter: str) -> ZygoteMaster:
+        """Raises ``ZygoteError`` when the interpreter cannot start it."""
+        process, ours = _popen(interpreter, ["--master"])
+        return cls(process, ours)
+
+    @property
+    def alive(self) -> bool:
+        return self.process.returncode is None
+
+    async def fork(self, config: dict[str, Any] | None) -> tuple[_Forked, socket.socket]:
+        """A new zygote for ``config`` (see ``zygote.py``'s ``serve``) and our end of its
+        control socket. It waits for ``start`` before it forks anything. Raises ``ZygoteError``."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        loop = asyncio.get_running_loop()
+        try:
+            async with self._lock:
+                socket.send_fds(self._control, [json.dumps({"type": "zygote", "config": config}).encode()],
+                                [theirs.fileno()])
+                async with asyncio.timeout(READY_TIMEOUT_S):
+                    reply = json.loads(await loop.sock_recv(self._control, 65536) or b"{}")
+        except (OSError, TimeoutError, ValueError) as exc:
+            ours.close()
+            raise ZygoteError(0, f"the zygote master {self.process.pid} did not fork: {exc}") from exc
+        finally:
+            theirs.close()
+        if reply.get("type") != "forked":
+            ours.close()
+            raise ZygoteError(0, f"the zygote master could not fork: {reply.get('message', reply)}")
+        ours.setblocking(False)
+        return _Forked(int(reply["pid"])), ours
+
+    async def close(self) -> None:
+        """Stop the master (the zygotes it forked die with it). Idempotent."""
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+        await self.process.wait()
+        self._control.close()
+
+
+def _popen(interpreter: str, args: list[str]) -> tuple[_Process, socket.socket]:
+    """Start ``zygote.py`` with ``interpreter``; return it and our end of its control socket."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        process = _Process(subprocess.Popen(
+            [interpreter, "-I", "-S", "-u", str(ZYGOTE_SCRIPT), str(theirs.fileno()), str(LAYERS_DIR), *args],
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, pass_fds=(theirs.fileno(),), start_new_session=True))
+    except OSError as exc:
+        ours.close()
+        raise ZygoteError(exc.errno or 0, f"cannot start a zygote with {interpreter}: {exc}") from exc
+    finally:
+        theirs.close()
+    ours.setblocking(False)
+    return process, ours
+
+
 class Zygote:
     """One zygote process. ``await Zygote.start(...)``; then :meth:`spawn`; :meth:`close`."""
 
-    def __init__(self, process: _Process, control: socket.socket) -> None:
+    def __init__(self, process: _Process | _Forked, control: socket.socket) -> None:
         self.process = process
         self.pid = process.pid
         #: The child the zygote forked ahead of need (it sits in the slot, waiting).
@@ -88,29 +194,22 @@ class Zygote:
 
     @classmethod
     async def start(cls, interpreter: str, confine: Callable[[int], None] | None = None,
-                    template: dict[str, Any] | None = None) -> Zygote:
-        """Start a zygote with ``interpreter``; ``confine(pid)`` (e.g. joining the slot's
-        cgroups) runs before it may fork; ``template`` (tier A) is the root file system its
-        workers start from (see ``namespaces.prepare_root``). Raises ``ZygoteError``."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            process = _Process(subprocess.Popen(
-                [interpreter, "-I", "-S", "-u", str(ZYGOTE_SCRIPT), str(theirs.fileno()), str(LAYERS_DIR),
-                 *([json.dumps(template)] if template is not None else [])],
-                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, pass_fds=(theirs.fileno(),), start_new_session=True))
-        except OSError as exc:
-            ours.close()
-            raise ZygoteError(exc.errno or 0, f"cannot start a zygote with {interpreter}: {exc}") from exc
-        finally:
-            theirs.close()
-        ours.setblocking(False)
+                    template: dict[str, Any] | None = None, master: ZygoteMaster | None = None) -> Zygote:
+        """Start a zygote with ``interpreter`` — forked from ``master`` when given;
+        ``confine(pid)`` (e.g. joining the slot's cgroups) runs before it may fork;
+        ``template`` (tier A) is the root file system its workers start from (see
+        ``namespaces.prepare_root``). Raises ``ZygoteError``."""
+        if master is not None:
+            process, ours = await master.fork(template)
+        else:
+            process, ours = _popen(interpreter, [json.dumps(template)] if template is not None else [])
         zygote = cls(process, ours)
         try:
             if confine is not None:
                 # Moving a process into a cgroup can block for an RCU grace period (6-16 ms
                 # measured here): never on the event loop, where every invocation waits on it.
                 await asyncio.to_thread(confine, process.pid)
+            await asyncio.get_running_loop().sock_sendall(ours, b'{"type": "start"}')
             async with asyncio.timeout(READY_TIMEOUT_S):
                 await asyncio.shield(zygote._ready)
         except (OSError, TimeoutError) as exc:

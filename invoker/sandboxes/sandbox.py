@@ -38,6 +38,7 @@ from invoker.sandboxes.slots import (
     mount_points,
 )
 from invoker.sandboxes.watchdog import Watchdog, descendants
+from invoker.zygote import ZygoteError, ZygoteMaster
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,9 @@ class ZygoteSandbox:
         self._slots: set[ZygoteSlot] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._cells: dict[tuple[str, int, str], list[StemCell]] = {}
+        #: Per interpreter, the process new slots' zygotes are forked from.
+        self._masters: dict[str, ZygoteMaster] = {}
+        self._master_lock: asyncio.Lock | None = None
         self._cells_starting: collections.Counter[tuple[str, int, str]] = collections.Counter()
 
     @classmethod
@@ -207,11 +211,32 @@ class ZygoteSandbox:
         slot = ZygoteSlot(self, index, interpreter, self.workdir / f"slot-{index}")
         self._slots.add(slot)
         try:
-            await slot.start()
+            await slot.start(await self._master(interpreter))
         except BaseException:
             await self._destroy(slot)
             raise
         return slot
+
+    async def _master(self, interpreter: str) -> ZygoteMaster | None:
+        """The zygote master of ``interpreter``, started on first use (and again if it
+        died); None when it cannot start — each slot then starts its zygote itself."""
+        master = self._masters.get(interpreter)
+        if master is not None and master.alive:
+            return master
+        if self._master_lock is None:
+            self._master_lock = asyncio.Lock()
+        async with self._master_lock:
+            master = self._masters.get(interpreter)
+            if master is not None and master.alive:
+                return master
+            try:
+                master = await ZygoteMaster.start(interpreter)
+            except ZygoteError as exc:
+                log.warning("cannot start a zygote master for %s (slots start their own zygotes): %s",
+                            interpreter, exc)
+                return None
+            self._masters[interpreter] = master
+            return master
 
     def _replenish(self, interpreter: str) -> None:
         async def fill() -> None:
@@ -370,6 +395,10 @@ class ZygoteSandbox:
             with contextlib.suppress(Exception):
                 await self._destroy(slot)
         self._spares.clear()
+        for master in self._masters.values():
+            with contextlib.suppress(Exception):
+                await master.close()
+        self._masters.clear()
         if self.watchdog is not None:
             await self.watchdog.close()
         self.close_now()

@@ -25,7 +25,7 @@ from invoker.runtimes import RUNTIMES_DIR
 from invoker.runtimes import node as node_runtime
 from invoker.sandboxes import cgroup, probe
 from invoker.sandboxes.watchdog import children_of, descendants, kill_descendants
-from invoker.zygote import Zygote
+from invoker.zygote import Zygote, ZygoteMaster
 
 if TYPE_CHECKING:
     from invoker.sandboxes.sandbox import ZygoteSandbox
@@ -116,7 +116,8 @@ class ZygoteSlot:
     def uid(self) -> int | None:
         return self.sandbox.uid_base + self.index if self.sandbox.drop_uid else None
 
-    async def start(self) -> None:
+    async def start(self, master: ZygoteMaster | None = None) -> None:
+        """Start the slot's zygote (forked from ``master`` when given) inside its cgroups."""
         self.workdir.mkdir(mode=0o711)
         (self.workdir / "root").mkdir(mode=0o755)
         self._paths = host_paths(self.interpreter)
@@ -130,7 +131,7 @@ class ZygoteSlot:
             template = {"new_root": str(self.workdir / "root"), "runtime_dir": str(RUNTIMES_DIR),
                         "host_paths": self._paths,
                         "enclosure": self.plan(Launch(None, RUNTIMES_DIR, {}, DEFAULT_MEMORY_MB))}
-        self.zygote = await Zygote.start(self.interpreter, confine=self._join, template=template)
+        self.zygote = await Zygote.start(self.interpreter, confine=self._join, template=template, master=master)
 
     def _join(self, pid: int) -> None:
         # Best effort (needs CAP_SYS_RESOURCE): the zygote is never the OOM victim; its

@@ -139,6 +139,9 @@ async def test_zygotes_start_once_and_cold_starts_fork_from_them() -> None:
     try:
         await box.prewarm(sys.executable)
         spares = box.slots()
+        # each slot's zygote is forked from the interpreter's one master, not started anew
+        parents = {_status(s.zygote.pid)["PPid"] for s in spares if s.zygote is not None}
+        assert parents == {str(box._masters[sys.executable].process.pid)}
         slot = await box.acquire(sys.executable)
         assert slot in spares
         await asyncio.sleep(0.5)  # the spare is replaced in the background
