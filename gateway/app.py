@@ -19,6 +19,7 @@ import lamina
 from gateway import responses
 from gateway.auth import Authenticator, require_principal
 from gateway.balancer import Balancer
+from gateway.concurrency import ConcurrencyLimiter
 from gateway.invokers import InvokerClients
 from gateway.metrics import GatewayMetrics, RequestMetricsMiddleware
 from gateway.routes import functions, health, http, invoke, usage
@@ -90,6 +91,8 @@ def create_app(
     app.state.balancer = balancer
     app.state.invokers = invokers
     app.state.metrics = metrics = metrics or GatewayMetrics()
+    app.state.limiter = ConcurrencyLimiter(
+        metrics.queued, metrics.throttled, queue_depth=settings.queue_depth, queue_age_s=settings.queue_age_s)
     app.state.auth = auth or Authenticator(controller)
 
     # The function URLs first: routes are tried in order, and this is the hot path.

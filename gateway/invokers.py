@@ -56,9 +56,15 @@ class InvokerUnreachable(Unavailable):
 
 
 class InvokerBusy(Unavailable):
-    """The invoker refused the request before running it (no capacity): safe to send elsewhere.
+    """The invoker refused the request before running it: safe to send elsewhere.
 
-    503 rather than 413 (``LimitExceeded``): the caller may retry, the request is fine."""
+    ``at_capacity``: it had no room (``LimitExceeded``, gRPC RESOURCE_EXHAUSTED), which the
+    balancer answers with 429 once no other invoker took the call; otherwise it is shutting
+    down (503). Never 413: the request itself is fine."""
+
+    def __init__(self, message: str, *, at_capacity: bool) -> None:
+        super().__init__(message)
+        self.at_capacity = at_capacity
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,7 @@ class InvokerHealth:
 
 
 class _Connection:
-    __slots__ = ("address", "channel", "stub", "health", "stream", "opening", "stream_failed_at")
+    __slots__ = ("address", "channel", "stub", "health", "stream", "opening", "stream_failed_at", "grpc_in_flight")
 
     def __init__(self, address: str) -> None:
         self.address = address
@@ -84,6 +90,8 @@ class _Connection:
         #: The one Health + connect attempt in progress, shared by the calls that wait on it.
         self.opening: asyncio.Task[InvokeStreamClient | None] | None = None
         self.stream_failed_at = 0.0
+        #: Invocations sent as gRPC Invoke and not answered yet (the stream counts its own).
+        self.grpc_in_flight = 0
 
 
 class InvokerClients:
@@ -106,16 +114,24 @@ class InvokerClients:
         conn = self._connections.get(address)
         return conn is not None and (conn.channel.get_state() is _C.TRANSIENT_FAILURE or _stream_failing(conn))
 
+    def in_flight(self, address: str) -> int:
+        """Invocations this gateway has sent to ``address`` and not had answered yet."""
+        conn = self._connections.get(address)
+        if conn is None:
+            return 0
+        stream = conn.stream
+        return conn.grpc_in_flight + (stream.in_flight if stream is not None else 0)
+
     def discover(self, address: str) -> None:
         """Learn a newly known invoker's Health and open its stream in the background, so
         its first invocation does not wait for them."""
         self._open_stream(self._connection(address))
 
-    async def health(self, address: str, timeout: float) -> InvokerHealth | None:
-        """The invoker's last known Health, asked now when unknown; None if it does not
-        answer within ``timeout`` seconds."""
+    async def health(self, address: str, timeout: float, *, fresh: bool = False) -> InvokerHealth | None:
+        """The invoker's last known Health, asked now when unknown or ``fresh`` (a health
+        check); None if it does not answer within ``timeout`` seconds."""
         conn = self._connection(address)
-        if conn.health is None:
+        if conn.health is None or fresh:
             try:
                 await self._ask_health(conn, timeout)
             except Unavailable:
@@ -221,6 +237,7 @@ class InvokerClients:
         if stream is not None:
             return await self._invoke_on_stream(stream, request, timeout)
         await self._connected(conn, patient)
+        conn.grpc_in_flight += 1
         try:
             msg = await conn.stub.Invoke(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
@@ -234,8 +251,10 @@ class InvokerClients:
                     f" ({exc.details()})"
                 ) from exc
             if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-                raise InvokerBusy(f"invoker at {address} is at capacity: {exc.details()}") from exc
+                raise InvokerBusy(f"invoker at {address} is at capacity: {exc.details()}", at_capacity=True) from exc
             raise wire.error_from_rpc(exc) from exc
+        finally:
+            conn.grpc_in_flight -= 1
         return wire.result_from_pb(msg)
 
     async def _invoke_on_stream(
@@ -260,7 +279,8 @@ class InvokerClients:
         # gRPC's UNAVAILABLE, which may be a transport failure mid-call): no capacity, or
         # shutting down, may go to another invoker.
         if code in (errors.LimitExceeded.code, errors.Unavailable.code):
-            raise InvokerBusy(f"invoker at {address} could not take the request: {message}")
+            raise InvokerBusy(f"invoker at {address} could not take the request: {message}",
+                              at_capacity=code == errors.LimitExceeded.code)
         raise errors.BY_CODE.get(code, errors.LaminaError)(message)
 
     async def metrics(self, address: str, timeout: float) -> str:

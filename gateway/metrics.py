@@ -10,13 +10,22 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.metrics_core import Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
+#: Gauges of the invokers that the federated page gives summed over invokers, by the label
+#: kept: the fleet's view, one series per function (``lamina_invoker_warm_workers
+#: {function="hello"}`` is how many warm workers hello has in the whole fleet). Per-invoker
+#: figures are on each invoker's own /metrics.
+SUMMED = {
+    "lamina_invoker_warm_workers": "function",
+    "lamina_invoker_busy_workers": "function",
+    "lamina_invoker_queued_invocations": "function",
+}
 #: Invocation durations span cold starts of a few seconds and timeouts up to 900 s.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 
@@ -33,13 +42,37 @@ class GatewayMetrics:
         self.invocations = Counter(
             "lamina_gateway_invocations",
             "Synchronous invocations by function and outcome (success, function_error, crashed, out_of_memory, "
-            "timeout, or unavailable when no invoker ran it).",
+            "timeout; unavailable when no invoker ran it; throttled when it was refused with 429).",
             ["function", "outcome"], registry=self.registry,
         )
         self.duration = Histogram(
             "lamina_gateway_invocation_duration_seconds",
             "Time from the gateway sending an invocation to an invoker until its result, in seconds.",
             ["function"], buckets=DURATION_BUCKETS, registry=self.registry,
+        )
+        self.throttled = Counter(
+            "lamina_gateway_throttled",
+            "Synchronous invocations answered 429, by function and reason: concurrency (the function's reserved "
+            "concurrency and its queue were full, or the wait in the queue ran out) or capacity (every invoker "
+            "answered that it had no room).",
+            ["function", "reason"], registry=self.registry,
+        )
+        self.queued = Gauge(
+            "lamina_gateway_queued_invocations",
+            "Synchronous invocations waiting for a slot of their function's reserved concurrency, by function.",
+            ["function"], registry=self.registry,
+        )
+        self.overflow = Counter(
+            "lamina_gateway_overflow",
+            "Synchronous invocations sent to an invoker other than the function's home because the home was "
+            "saturated or answered that it had no room, by function.",
+            ["function"], registry=self.registry,
+        )
+        self.invokers = Gauge(
+            "lamina_gateway_invokers",
+            "Invokers this gateway knows (live heartbeat), by state: ready (on the hash ring) or ejected (taken off "
+            "it after too many system errors, until a health check passes).",
+            ["state"], registry=self.registry,
         )
 
     def text(self) -> bytes:
@@ -94,7 +127,8 @@ def merge(own: Iterable[Metric], others: list[tuple[str, dict[str, str]]]) -> by
     Families of the same name from several sources (e.g. every invoker exports
     ``lamina_invoker_invocations_total``) become one family with all the samples, each
     source's samples carrying its extra labels; a family whose type contradicts an earlier
-    one of the same name is dropped (it would make the page invalid).
+    one of the same name is dropped (it would make the page invalid). Each family of
+    ``SUMMED`` is given summed over its sources instead.
     """
     families: dict[str, Metric] = {}
     for family in own:
@@ -116,9 +150,26 @@ def merge(own: Iterable[Metric], others: list[tuple[str, dict[str, str]]]) -> by
             else:
                 log.warning("dropping metric family %s: type %s conflicts with %s", family.name, family.type,
                             existing.type)
+    for name, by in SUMMED.items():
+        family = families.get(name)
+        if family is not None and family.type == "gauge":
+            families[name] = _sum_by(family, by)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Families(families.values()))  # type: ignore[arg-type]
     return generate_latest(registry)
+
+
+def _sum_by(family: Metric, label: str) -> Metric:
+    """``family``'s samples summed per value of ``label`` (over every other label)."""
+    totals: dict[str, float] = {}
+    for sample in family.samples:
+        key = sample.labels.get(label)
+        if sample.name == family.name and key is not None:
+            totals[key] = totals.get(key, 0.0) + sample.value
+    total = GaugeMetricFamily(family.name, f"{family.documentation} Summed over invokers.", labels=[label])
+    for key, value in sorted(totals.items()):
+        total.add_metric([key], value)
+    return total
 
 
 async def federated_text(

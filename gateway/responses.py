@@ -1,7 +1,8 @@
 """How errors and invocation results become HTTP responses.
 
 Platform errors use one body everywhere, ``{"error": {"code", "message"}}``, with the status
-of ``lamina.core.errors.http_status`` (the one mapping table). A function's own failure is a
+of ``lamina.core.errors.http_status`` (the one mapping table); a 429 carries
+``Retry-After``. A function's own failure is a
 result, not an error: it keeps Lambda's ``{"errorType", "errorMessage"}`` shape.
 
 A request with ``X-Lamina-Log-Tail: true`` gets the end of the invocation's logs (its
@@ -18,7 +19,7 @@ from collections.abc import Mapping
 
 from starlette.responses import JSONResponse, Response
 
-from lamina.core.errors import LaminaError, Unauthenticated, http_status
+from lamina.core.errors import LaminaError, TooManyRequests, Unauthenticated, http_status
 from lamina.core.invocations import HTTP_STATUS as OUTCOME_STATUS
 from lamina.core.invocations import InvocationResult
 
@@ -30,6 +31,7 @@ DURATION_MS = "X-Lamina-Duration-Ms"
 FUNCTION_ERROR = "X-Lamina-Function-Error"
 LOG_TAIL = "X-Lamina-Log-Tail"
 LOG_RESULT = "X-Lamina-Log-Result"
+RETRY_AFTER = "Retry-After"
 #: Bytes of logs returned by a log tail: Lambda's 4 KB.
 LOG_TAIL_BYTES = 4096
 
@@ -39,9 +41,12 @@ def error_body(code: str, message: str) -> bytes:
 
 
 def error_response(exc: LaminaError, headers: dict[str, str] | None = None) -> Response:
-    """The response of a platform error; 401s carry ``WWW-Authenticate: Bearer``."""
-    status = http_status(exc)
+    """The response of a platform error; 401s carry ``WWW-Authenticate: Bearer``, 429s
+    (throttled) ``Retry-After`` in seconds."""
     headers = dict(headers or {})
+    status = http_status(exc)
+    if isinstance(exc, TooManyRequests):
+        headers[RETRY_AFTER] = str(exc.retry_after_s)
     if isinstance(exc, Unauthenticated):
         headers["WWW-Authenticate"] = "Bearer"
     if status >= 500:

@@ -122,7 +122,8 @@ class GatewayServer:
         self.controller = ControllerClient(s.controller_url)
         self.cache = FunctionCache(self.controller)
         self.invokers = InvokerClients()
-        self.balancer = Balancer(self.controller, self.invokers, invoke_grace_s=s.invoke_grace_s)
+        self.balancer = Balancer(self.controller, self.invokers, invoke_grace_s=s.invoke_grace_s,
+                                 eject_error_rate=s.eject_error_rate, metrics=self.metrics, strategy=s.balancer)
         app = create_app(
             s, controller=self.controller, cache=self.cache, balancer=self.balancer, invokers=self.invokers,
             metrics=self.metrics,

@@ -64,7 +64,7 @@ async def function_url(request: Request) -> Response:
             )
         )
         payload = _dumps(event).encode()
-        result = await run(state.balancer, state.metrics, fn, request_id, payload)
+        result = await run(state, fn, request_id, payload, request.receive)
     except LaminaError as exc:
         return responses.error_response(exc, {responses.REQUEST_ID: request_id})
 

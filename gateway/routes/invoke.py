@@ -1,7 +1,9 @@
 """Direct (synchronous) invocation: the request body is the event, the response the result.
 
 The function is resolved from the gateway's cache (no controller round trip on the hot
-path) and run by the balancer's choice of invoker.
+path), admitted by its reserved concurrency (``gateway.concurrency``) and run by the
+balancer's choice of invoker (``gateway.balancer``). ``run`` is that path for every sync
+route, the function URLs included.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ import time
 import uuid
 
 from fastapi import APIRouter, Request
+from starlette.datastructures import State
 from starlette.responses import Response
+from starlette.types import Receive
 
 from gateway import responses
-from gateway.balancer import Balancer
-from gateway.metrics import GatewayMetrics
-from gateway.schemas import ERRORS
+from gateway.concurrency import CallerGone, Throttled
+from gateway.schemas import ERRORS, ErrorBody
 from lamina.core.errors import InvalidSpec, LaminaError, LimitExceeded
 from lamina.core.functions import Function
 from lamina.core.invocations import InvocationResult
@@ -45,13 +48,29 @@ async def resolve(request: Request, name: str) -> Function:
     return cache.get(name) or await cache.resolve(name)
 
 
-async def run(
-    balancer: Balancer, metrics: GatewayMetrics, fn: Function, request_id: str, payload: bytes
-) -> InvocationResult:
-    """Invoke once, recording the outcome and duration."""
-    started = time.perf_counter()
+async def run(state: State, fn: Function, request_id: str, payload: bytes, receive: Receive) -> InvocationResult:
+    """Invoke once, within the function's reserved concurrency when it has one (the same path
+    for every sync route), recording the outcome and duration.
+
+    ``receive`` is the request's, its body already read: a caller that hangs up while
+    queued for a slot leaves the queue (``CallerGone``). Raises ``Throttled`` (429) when the
+    reservation and its queue are full or no invoker has room, and the balancer's errors."""
+    metrics = state.metrics
+    gate = None
     try:
-        result = await balancer.invoke(fn, request_id, payload)
+        if fn.spec.concurrency:  # the only cost for a function without a reservation
+            gate = await state.limiter.acquire(fn, receive)
+        started = time.perf_counter()
+        try:
+            result = await state.balancer.invoke(fn, request_id, payload)
+        finally:
+            if gate is not None:  # also when cancelled: a slot is never lost
+                state.limiter.release(gate, time.perf_counter() - started)
+    except Throttled:
+        metrics.invocations.labels(fn.name, "throttled").inc()
+        raise
+    except CallerGone:
+        raise
     except LaminaError:
         metrics.invocations.labels(fn.name, "unavailable").inc()
         raise
@@ -69,6 +88,9 @@ async def run(
         502: {"description": "The function failed: {errorType, errorMessage, stackTrace}; the error type is in "
               "the X-Lamina-Function-Error header."},
         504: {"description": "The function timed out."},
+        429: {"model": ErrorBody, "description": "Throttled (`TooManyRequests`): the function's reserved "
+              "concurrency and its queue are full, or no invoker has room. Retry after `Retry-After` seconds.",
+              "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds, at least 1."}}},
         **ERRORS,
     },
     openapi_extra={"requestBody": {"description": "The event, any JSON value (empty means {}).",
@@ -84,7 +106,7 @@ async def invoke(name: str, request: Request) -> Response:
         except ValueError as exc:
             raise InvalidSpec(f"the request body must be the JSON event: {exc}") from exc
         fn = await resolve(request, name)
-        result = await run(state.balancer, state.metrics, fn, request_id, payload)
+        result = await run(state, fn, request_id, payload, request.receive)
     except LaminaError as exc:
         return responses.error_response(exc, {responses.REQUEST_ID: request_id})
     return responses.direct_response(result, request_id, log_tail=responses.wants_log_tail(request.headers))

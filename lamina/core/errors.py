@@ -54,6 +54,24 @@ class LimitExceeded(LaminaError):
     code = "LimitExceeded"
 
 
+class TooManyRequests(LimitExceeded):
+    """Too many invocations at once: a function's reserved concurrency and its queue are
+    full, or no invoker has room. The caller should retry after ``retry_after_s``."""
+
+    code = "TooManyRequests"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        #: Whole seconds, at least 1, for the ``Retry-After`` header.
+        self.retry_after_s = max(1, int(retry_after_s))
+
+
+class CallerGone(LaminaError):
+    """The caller disconnected before its request was served; nobody reads the answer."""
+
+    code = "CallerGone"
+
+
 class Unavailable(LaminaError):
     """A component the request needs is unreachable or not ready; retrying may succeed."""
 
@@ -67,6 +85,8 @@ HTTP_STATUS: dict[type[LaminaError], int] = {
     NotFound: 404,
     Conflict: 409,
     LimitExceeded: 413,
+    TooManyRequests: 429,
+    CallerGone: 499,  # nginx's "client closed request": in the request metrics, sent to nobody
     Unavailable: 503,
     LaminaError: 500,
 }

@@ -133,6 +133,12 @@ class GatewaySettings(CommonSettings):
     """LAMINA_QUEUE_AGE_S: longest a synchronous invocation waits in its function's queue
     before it gets 429; smooths a burst without holding callers for long."""
 
+    balancer: str = "consistent"
+    """LAMINA_BALANCER: how an invocation picks its invoker. `consistent`: the function's
+    home invoker on the hash ring first (its warm workers are there), overflow to the least
+    loaded; `random`: any live invoker (for comparison only: it spreads each function's
+    workers over the fleet, so more calls are cold — bench/autoscale.py measures both)."""
+
     eject_error_rate: float = 0.5
     """LAMINA_EJECT_ERROR_RATE: share of system errors (unreachable, lost stream) among an
     invoker's recent calls above which the gateway takes it out of the ring until a health

@@ -6,6 +6,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from lamina.controller_client import ControllerClient
 from lamina.core.fleet import InvokerInfo
 from lamina.core.ring import HashRing
@@ -90,3 +92,20 @@ def test_only_an_unreachable_invoker_is_a_clear_503(tmp_path: Path):
     finally:
         lonely.stop()
         lonely.loop.close()
+
+
+async def test_random_balancing_spreads_one_function_and_an_unknown_strategy_is_refused():
+    from gateway.balancer import Balancer
+    from gateway.invokers import InvokerClients
+    from lamina.core.errors import InvalidSpec
+    from lamina.core.functions import Function, FunctionSpec
+
+    fn = Function(FunctionSpec(name="hello"), revision=1)
+    consistent = Balancer(ControllerClient("127.0.0.1:1"), InvokerClients())
+    spread = Balancer(ControllerClient("127.0.0.1:1"), InvokerClients(), strategy="random")
+    for balancer in (consistent, spread):
+        balancer.update(invokers("a", "b", "c"))
+    assert len({consistent.order(fn)[0].invoker_id for _ in range(50)}) == 1  # always the home
+    assert {spread.order(fn)[0].invoker_id for _ in range(200)} == {"a", "b", "c"}
+    with pytest.raises(InvalidSpec, match="unknown balancer 'round-robin'"):
+        Balancer(ControllerClient("127.0.0.1:1"), InvokerClients(), strategy="round-robin")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.metrics import SUMMED
 from tests.bundles import make_zip
 from tests.gateway.conftest import Stack, deploy_form
 
@@ -152,7 +153,11 @@ def test_metrics_federate_the_whole_stack(deployed: Stack):
     invoker_families = [f for name, f in families.items() if name.startswith("lamina_invoker_")]
     assert invoker_families
     invoker_id = deployed.invoker.invoker_id
-    assert all(s.labels.get("invoker") == invoker_id for f in invoker_families for s in f.samples)
+    # each invoker's series carry its id; the fleet's gauges are summed per function instead
+    assert all(s.labels.get("invoker") == invoker_id for f in invoker_families for s in f.samples
+               if f.name not in SUMMED)
+    assert [s.labels for s in families["lamina_invoker_warm_workers"].samples if s.labels["function"] == "plain"] == [
+        {"function": "plain"}]
     # One HELP/TYPE per family, however many sources export it.
     type_lines = [line for line in response.text.splitlines() if line.startswith("# TYPE ")]
     assert len(type_lines) == len(set(type_lines))
