@@ -36,9 +36,22 @@ class ControllerMetrics:
             "The store's current global function revision, as of the last scrape.",
             registry=self.registry,
         )
-        self.invokers = Gauge(
+        self.fleet = Gauge(
             "lamina_controller_invokers",
-            "Invokers that sent a heartbeat within three intervals, as of the last scrape.",
+            "Invokers by state: ready = sent a heartbeat within three intervals (as of the last scrape or "
+            "orchestrator tick); desired = the orchestrator's last decision (absent without an orchestrator).",
+            ["state"], registry=self.registry,
+        )
+        #: The ``ready`` series (the ``desired`` one appears with the orchestrator's first decision).
+        self.invokers = self.fleet.labels(state="ready")
+        self.scaling_decisions = Counter(
+            "lamina_controller_scaling_decisions_total",
+            "Orchestrator decisions that changed the fleet's size, by direction (up or down).",
+            ["direction"], registry=self.registry,
+        )
+        self.panic_mode = Gauge(
+            "lamina_controller_panic_mode",
+            "1 while the orchestrator is in panic mode (a burst: scale up at once, never down), else 0.",
             registry=self.registry,
         )
         self.watchers = Gauge(

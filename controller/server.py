@@ -1,4 +1,5 @@
-"""The controller process: migrate, make sure an admin key exists, serve gRPC.
+"""The controller process: migrate, make sure an admin key exists, serve gRPC, and (with
+an orchestrator) size the invoker fleet.
 
 ``ControllerServer`` is what the CLI (``lamina controller``, ``lamina up``) and the tests
 start; ``serve`` runs one until SIGTERM or SIGINT.
@@ -7,6 +8,7 @@ start; ``serve`` runs one until SIGTERM or SIGINT.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import grpc.aio
@@ -14,6 +16,8 @@ import grpc.aio
 from controller import keys, migrate
 from controller.blobs import FileBlobStore
 from controller.metrics import ControllerMetrics
+from controller.orchestrators import FleetScaler, open_orchestrator
+from controller.orchestrators.autoscaler import Autoscaler
 from controller.service import ControllerServicer
 from controller.store import SQLStore
 from controller.store.database import redacted
@@ -41,6 +45,9 @@ class ControllerServer:
         self._store: SQLStore | None = None
         self._servicer: ControllerServicer | None = None
         self._server: grpc.aio.Server | None = None
+        #: The fleet's scaling loop, when ``settings.orchestrator`` is not ``none``.
+        self.scaler: FleetScaler | None = None
+        self._scaling: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
@@ -67,10 +74,21 @@ class ControllerServer:
             pb_grpc.add_ControllerServicer_to_server(self._servicer, self._server)
             self.port = self._bind(self._server, settings.controller_listen)
             await self._server.start()
+            log.info("controller listening on %s (database: %s)", self.address, redacted(url))
+            if settings.orchestrator != "none":
+                await self._start_orchestrator(settings, self._store)
         except BaseException:
             await self.stop(grace=0)
             raise
-        log.info("controller listening on %s (database: %s)", self.address, redacted(url))
+
+    async def _start_orchestrator(self, settings: ControllerSettings, store: SQLStore) -> None:
+        autoscaler = Autoscaler.from_settings(settings)
+        orchestrator = await asyncio.to_thread(open_orchestrator, settings, self.address)
+        self.scaler = FleetScaler(orchestrator, autoscaler, store.invokers.live, self.metrics,
+                                  interval_s=settings.heartbeat_interval_s)
+        self._scaling = asyncio.create_task(self.scaler.run(), name="controller-orchestrator")
+        log.info("orchestrator %s keeps %d to %d invokers", settings.orchestrator, settings.min_invokers,
+                 settings.max_invokers)
 
     @staticmethod
     def _bind(server: grpc.aio.Server, listen: str) -> int:
@@ -84,7 +102,18 @@ class ControllerServer:
 
     async def stop(self, grace: float = 2.0) -> None:
         """Stop serving: end watch streams, let other calls finish for ``grace`` seconds,
-        then close the database. Idempotent."""
+        then close the database. Idempotent.
+
+        The orchestrator stops first: local invokers drain and ship their last logs and
+        records while the controller still serves them."""
+        if self._scaling is not None:
+            self._scaling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._scaling
+            self._scaling = None
+        if self.scaler is not None:
+            await self.scaler.close()
+            self.scaler = None
         if self._servicer is not None:
             self._servicer.close()
         if self._server is not None:

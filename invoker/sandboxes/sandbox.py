@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -47,6 +48,9 @@ log = logging.getLogger(__name__)
 STEM_CELLS = 1
 #: Seconds a stem cell may take to start and say it is ready.
 STEM_CELL_READY_S = 10.0
+#: Worker uid ranges on one host (UID_BASE + i * UIDS_PER_INVOKER): invokers sharing a
+#: host never share a range (see ``ZygoteSandbox._claim_uids``).
+UID_RANGES = 800
 #: Seconds after a spare slot was taken before a new one starts.
 REPLENISH_DELAY_S = 0.05
 _FRAME = struct.Struct(">II")
@@ -103,7 +107,8 @@ class ZygoteSandbox:
         self.netfilter: NftFilter | None = None
         self.watchdog: Watchdog | None = None
         self.drop_uid = tier != "C" and host.has(probe.UID)
-        self.uid_base = UID_BASE + UIDS_PER_INVOKER * (zlib.crc32(scope.encode()) % 800)
+        self._uid_lease: int | None = None
+        self.uid_base = UID_BASE
         self.workdir = Path(tempfile.mkdtemp(prefix=f"lamina-{scope[:40]}-"))
         os.chmod(self.workdir, 0o711)
         self._spares: dict[str, list[ZygoteSlot]] = {}
@@ -129,10 +134,39 @@ class ZygoteSandbox:
             raise
         return box
 
+    def _claim_uids(self) -> None:
+        """Take a range of ``UIDS_PER_INVOKER`` worker uids no other invoker on this host
+        holds: range ``i`` is held by an exclusive ``flock`` on ``uid-ranges/<i>`` in the
+        host's runtime directory, kept for the sandbox's lifetime (the kernel drops it when
+        the invoker dies, so a crash leaves nothing to clean). The search starts at a range
+        derived from the scope, so a restarted invoker usually gets its range back."""
+        for base in ("/run/lamina", os.path.join(tempfile.gettempdir(), "lamina")):
+            directory = os.path.join(base, "uid-ranges")
+            try:
+                os.makedirs(directory, mode=0o700, exist_ok=True)
+            except OSError:
+                continue
+            first = zlib.crc32(self.scope.encode()) % UID_RANGES
+            for step in range(UID_RANGES):
+                index = (first + step) % UID_RANGES
+                fd = os.open(os.path.join(directory, str(index)), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue
+                self._uid_lease = fd
+                self.uid_base = UID_BASE + UIDS_PER_INVOKER * index
+                return
+            raise OSError(11, f"all {UID_RANGES} worker uid ranges of this host are held by other invokers")
+        raise OSError(13, "no runtime directory to hold a worker uid range in (/run/lamina, $TMPDIR/lamina)")
+
     def _setup(self) -> None:
         wanted = {"A": (probe.CGROUP_MEMORY, probe.CGROUP_PIDS, probe.NAMESPACES, probe.NETNS, probe.UID,
                         probe.LANDLOCK, probe.SECCOMP, probe.NFTABLES),
                   "B": (probe.UID, probe.LANDLOCK, probe.SECCOMP), "C": ()}[self.tier]
+        if self.drop_uid:
+            self._claim_uids()
         for layer in wanted:
             if not self.host.has(layer):
                 self.missing.append(f"{layer} ({self.host.missing[layer]})")
@@ -411,4 +445,7 @@ class ZygoteSandbox:
         if self.tree is not None:
             self.tree.close()
             self.tree = None
+        if self._uid_lease is not None:
+            os.close(self._uid_lease)  # releases the flock: another invoker may take the range
+            self._uid_lease = None
         shutil.rmtree(self.workdir, ignore_errors=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated
@@ -52,32 +53,72 @@ def _load(cls: type[cfg.T], **flags: object) -> cfg.T:
         raise typer.BadParameter(exc.message) from exc
 
 
+#: Values of LAMINA_ORCHESTRATOR (controller.orchestrators.BACKENDS, plus none).
+ORCHESTRATORS = ("none", "local", "kubernetes")
+
+
+def _invoker_bounds(invokers: str, max_invokers: int | None) -> tuple[int, int]:
+    """(min, max) invokers of `lamina up --invokers N|auto [--max-invokers M]`."""
+    if invokers == "auto":
+        high = max_invokers if max_invokers is not None else (os.cpu_count() or 1)
+        if high < 1:
+            raise typer.BadParameter("must be at least 1", param_hint="--max-invokers")
+        return 1, high
+    if max_invokers is not None:
+        raise typer.BadParameter("only applies with --invokers auto", param_hint="--max-invokers")
+    try:
+        count = int(invokers)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise typer.BadParameter(f"expected a number of at least 1 or auto, not {invokers!r}", param_hint="--invokers")
+    return count, count
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def up(
         data_dir: DataDir = None,
         port: Annotated[int | None, typer.Option("--port", help="Gateway HTTP port [LAMINA_PORT, default 8080]")] = None,
         host: Annotated[str | None, typer.Option("--host", help="Gateway bind address [LAMINA_HOST]")] = None,
+        invokers: Annotated[str, typer.Option(
+            "--invokers", help="How many invokers: a number, or auto (as many as the load needs)")] = "1",
+        max_invokers: Annotated[int | None, typer.Option(
+            "--max-invokers", help="Most invokers with --invokers auto (default: the CPU count)")] = None,
         log_level: LogLevel = None,
     ) -> None:
-        """Run the whole embedded stack (controller, invoker, gateway) on this machine."""
+        """Run the whole embedded stack (controller, invokers, gateway) on this machine."""
         from lamina.cli.supervisor import Stack
 
+        low, high = _invoker_bounds(invokers, max_invokers)
         gateway = _load(cfg.GatewaySettings, data_dir=data_dir, port=port, host=host, log_level=log_level,
                         federate_metrics=True)
         configure_logging(gateway.log_level, "up")
-        raise typer.Exit(Stack(gateway).run())
+        raise typer.Exit(Stack(gateway, min_invokers=low, max_invokers=high).run())
 
     @app.command()
     def controller(
         data_dir: DataDir = None,
         listen: Annotated[str | None, typer.Option("--listen", help="host:port [LAMINA_CONTROLLER_LISTEN]")] = None,
         database_url: Annotated[str | None, typer.Option("--database-url", help="[LAMINA_DATABASE_URL]")] = None,
+        orchestrator: Annotated[str | None, typer.Option(
+            "--orchestrator", help="none|local|kubernetes: who sizes the invoker fleet [LAMINA_ORCHESTRATOR]")] = None,
+        min_invokers: Annotated[int | None, typer.Option("--min-invokers", help="[LAMINA_MIN_INVOKERS]")] = None,
+        max_invokers: Annotated[int | None, typer.Option("--max-invokers", help="[LAMINA_MAX_INVOKERS]")] = None,
+        kubernetes_namespace: Annotated[str | None, typer.Option(
+            "--kubernetes-namespace", help="[LAMINA_KUBERNETES_NAMESPACE]")] = None,
+        kubernetes_deployment: Annotated[str | None, typer.Option(
+            "--kubernetes-deployment", help="[LAMINA_KUBERNETES_DEPLOYMENT]")] = None,
         log_level: LogLevel = None,
     ) -> None:
-        """Run the controller (gRPC): functions, code, keys, invoker registry, logs."""
+        """Run the controller (gRPC): functions, code, keys, invoker registry, logs, and the
+        orchestrator that sizes the invoker fleet."""
+        if orchestrator is not None and orchestrator not in ORCHESTRATORS:
+            raise typer.BadParameter(f"expected one of {', '.join(ORCHESTRATORS)}", param_hint="--orchestrator")
         settings = _load(cfg.ControllerSettings, data_dir=data_dir, controller_listen=listen,
-                         database_url=database_url, log_level=log_level)
+                         database_url=database_url, orchestrator=orchestrator, min_invokers=min_invokers,
+                         max_invokers=max_invokers, kubernetes_namespace=kubernetes_namespace,
+                         kubernetes_deployment=kubernetes_deployment, log_level=log_level)
         configure_logging(settings.log_level, "controller")
         from controller.server import serve
 

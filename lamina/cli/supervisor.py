@@ -1,10 +1,12 @@
-"""`lamina up`: the embedded stack as three supervised processes.
+"""`lamina up`: the embedded stack as supervised processes.
 
-The controller, the invoker and the gateway run as separate processes speaking their real
-protocols, exactly as docker-compose and the Helm chart run them; this supervisor only
-starts them in order, waits until each is ready, restarts one that dies and stops them in
-reverse order. Children die with it (``PR_SET_PDEATHSIG``), so a killed `lamina up`
-leaves nothing running.
+The controller and the gateway run as separate processes speaking their real protocols,
+exactly as docker-compose and the Helm chart run them; the invokers are started by the
+controller's ``local`` orchestrator (``--invokers N`` of them, or ``auto``: as many as the
+load needs, from 1 up to ``--max-invokers``), which replaces one that dies. This supervisor
+only starts the controller and the gateway in order, waits until the stack is ready,
+restarts one that dies and stops them in reverse order (the controller stops its invokers).
+Children die with it (``PR_SET_PDEATHSIG``), so a killed `lamina up` leaves nothing running.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class Child:
 
     component: str
     env: dict[str, str]
+    #: Seconds ``stop`` waits after SIGTERM before SIGKILL.
+    stop_timeout: float = 10.0
     process: subprocess.Popen[bytes] | None = None
     restarts: list[float] = field(default_factory=list)
 
@@ -54,15 +58,15 @@ class Child:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self) -> None:
         if not self.alive():
             return
         assert self.process is not None
         self.process.terminate()
         try:
-            self.process.wait(timeout)
+            self.process.wait(self.stop_timeout)
         except subprocess.TimeoutExpired:
-            log.warning("%s did not stop within %.0f s; killing it", self.component, timeout)
+            log.warning("%s did not stop within %.0f s; killing it", self.component, self.stop_timeout)
             self.process.kill()
             self.process.wait()
 
@@ -82,26 +86,38 @@ def _wait_port(address: str, child: Child, timeout: float) -> None:
 
 
 class Stack:
-    """Controller, invoker and gateway on this machine, sharing one data directory."""
+    """Controller (with its invokers) and gateway on this machine, sharing one data directory."""
 
-    def __init__(self, gateway: cfg.GatewaySettings) -> None:
+    def __init__(self, gateway: cfg.GatewaySettings, min_invokers: int = 1, max_invokers: int = 1) -> None:
         self.gateway = gateway
         self.controller = cfg.load(cfg.ControllerSettings, data_dir=gateway.data_dir)
         self.invoker = cfg.load(cfg.InvokerSettings, data_dir=gateway.data_dir)
         self.data_dir = gateway.data_dir.resolve()
+        self.min_invokers, self.max_invokers = min_invokers, max_invokers
         env = {
             **os.environ,
             "LAMINA_DATA_DIR": str(self.data_dir),
             "LAMINA_LOG_LEVEL": gateway.log_level,
             "LAMINA_CONTROLLER_LISTEN": self.controller.controller_listen,
             "LAMINA_CONTROLLER_URL": self.controller.controller_listen,
+            # The first invoker's address (the others take ports the OS picks).
             "LAMINA_INVOKER_LISTEN": self.invoker.invoker_listen,
+            "LAMINA_ORCHESTRATOR": "local",
+            "LAMINA_MIN_INVOKERS": str(min_invokers),
+            "LAMINA_MAX_INVOKERS": str(max_invokers),
             "LAMINA_HOST": gateway.host,
             "LAMINA_PORT": str(gateway.port),
             "LAMINA_FEDERATE_METRICS": "true" if gateway.federate_metrics else "false",
         }
-        self.children = [Child(name, env) for name in ("controller", "invoker", "gateway")]
+        # The controller's stop includes its invokers' drain (up to their 25 s grace).
+        self.children = [Child("controller", env, stop_timeout=40.0), Child("gateway", env)]
         self._stopping = False
+
+    @property
+    def invokers(self) -> str:
+        if self.min_invokers == self.max_invokers:
+            return f"{self.min_invokers} invoker{'s' if self.min_invokers > 1 else ''}"
+        return f"{self.min_invokers} to {self.max_invokers} invokers, as the load needs"
 
     @property
     def url(self) -> str:
@@ -126,7 +142,8 @@ class Stack:
                 "[bold]Admin API key[/] (shown once; also saved to "
                 f"{key_file}, mode 0600):\n  [green]{key_file.read_text().strip()}[/]"
             )
-        console.print(f"Lamina is up at [bold]{self.url}[/] (data in {self.data_dir}). Ctrl-C stops it.")
+        console.print(f"Lamina is up at [bold]{self.url}[/] ({self.invokers}; data in {self.data_dir}). "
+                      "Ctrl-C stops it.")
         try:
             self._supervise()
         finally:
@@ -134,10 +151,9 @@ class Stack:
         return 0
 
     def _start_all(self) -> None:
-        controller, invoker, gateway = self.children
+        controller, gateway = self.children
         controller.start()
         _wait_port(self.controller.controller_listen, controller, 60)
-        invoker.start()
         gateway.start()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not self._stopping:

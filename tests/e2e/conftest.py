@@ -31,6 +31,8 @@ class Stack:
     process: subprocess.Popen[str] | None = None
     output: list[str] = field(default_factory=list)
     _drainer: threading.Thread | None = None
+    #: Arguments of `lamina up` (e.g. ``("--invokers", "2")``).
+    args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -43,7 +45,7 @@ class Stack:
     def start(self, timeout: float = 90) -> str:
         """Start `lamina up`; return what it printed until it was up."""
         self.process = subprocess.Popen(
-            [*LAMINA, "up"], env=self.env, cwd=self.data_dir.parent, text=True,
+            [*LAMINA, "up", *self.args], env=self.env, cwd=self.data_dir.parent, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
         )
         printed = []

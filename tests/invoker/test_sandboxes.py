@@ -158,3 +158,25 @@ def test_a_configured_interpreter_that_does_not_run_fails_at_start(tmp_path) -> 
         Interpreters(str(tmp_path / "no-python"))
     found = Interpreters().find(f"python{sys.version_info[0]}.{sys.version_info[1]}")
     assert found is not None and "/shims/" not in found
+
+
+def test_invokers_on_one_host_never_share_worker_uids() -> None:
+    from invoker.sandboxes import probe as probe_tier
+
+    # These two scopes hash to the same preferred range: the second must get another one.
+    first = probe_tier("pod", scope="lamina-local-8", tmp_mb=16)
+    second = probe_tier("pod", scope="lamina-local-16", tmp_mb=16)
+    try:
+        if not (first.drop_uid and second.drop_uid):
+            service_missing("uid switching (the invoker is not root)")
+        assert abs(first.uid_base - second.uid_base) >= 1000
+        taken = first.uid_base
+        first.close_now()
+        again = probe_tier("pod", scope="lamina-local-8", tmp_mb=16)  # the range was given back
+        try:
+            assert again.uid_base == taken
+        finally:
+            again.close_now()
+    finally:
+        first.close_now()
+        second.close_now()
