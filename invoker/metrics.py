@@ -7,7 +7,11 @@ default registry. ``GetMetrics`` returns :meth:`InvokerMetrics.text`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from lamina.core.invocations import InvocationResult
 from lamina.core.records import InvocationRecord
@@ -16,6 +20,28 @@ from lamina.core.records import InvocationRecord
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 #: Seconds; a cold start is 1 ms (a forked zygote) to seconds (heavy imports).
 INIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class BusyWorkers(Collector):
+    """``lamina_invoker_busy_workers{function}``, read from the pool when scraped: the count
+    changes twice per invocation, and a gauge set there would cost the warm path a label
+    lookup and a lock each time."""
+
+    NAME = "lamina_invoker_busy_workers"
+    HELP = "Workers running an invocation right now, by function (every function with live workers)."
+
+    def __init__(self) -> None:
+        #: Busy workers per function; the pool sets it.
+        self.source: Callable[[], Mapping[str, int]] = dict
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [GaugeMetricFamily(self.NAME, self.HELP, labels=["function"])]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(self.NAME, self.HELP, labels=["function"])
+        for function, busy in sorted(self.source().items()):
+            family.add_metric([function], busy)
+        yield family
 
 
 class InvokerMetrics:
@@ -41,6 +67,19 @@ class InvokerMetrics:
             ["function"], buckets=INIT_BUCKETS, registry=r)
         self.warm_workers = Gauge(
             "lamina_invoker_warm_workers", "Live workers (idle or busy), by function.", ["function"], registry=r)
+        self.busy_workers = BusyWorkers()
+        r.register(self.busy_workers)
+        self.queued = Gauge(
+            "lamina_invoker_queued_invocations", "Invocations waiting for a worker (their function is at its "
+            "max_scale here) or for memory, by function.", ["function"], registry=r)
+        self.scaling_decisions = Counter(
+            "lamina_invoker_scaling_decisions_total", "Scaling decisions, by function and action: scale_up (a "
+            "worker started for an invocation), queued_at_max_scale (invocations start waiting for a worker), "
+            "keep_alive_expired (an idle worker stopped at the end of its keep-alive window), prewarm_scheduled "
+            "(a worker stopped right after its call, to be pre-warmed before the next), prewarm (a worker started "
+            "ahead of the expected next call), min_scale_start (workers started to keep min_scale warm), evicted "
+            "(an idle worker stopped to make memory room), retired (idle workers of an older revision stopped).",
+            ["function", "action"], registry=r)
         self.in_flight = Gauge(
             "lamina_invoker_in_flight_invocations", "Invocations running right now.", registry=r)
         self.log_records_dropped = Counter(

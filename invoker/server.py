@@ -19,6 +19,7 @@ import grpc
 import grpc.aio
 
 from invoker.codecache import CodeCache
+from invoker.keepalive import KeepAlivePolicy
 from invoker.logship import LogShipper
 from invoker.metrics import InvokerMetrics
 from invoker.pool import WorkerPool
@@ -29,7 +30,7 @@ from invoker.service import InvokerServicer
 from invoker.stream import InvokeStream, start_stream
 from lamina import wire
 from lamina.controller_client import ControllerClient
-from lamina.core.errors import LaminaError, Unavailable
+from lamina.core.errors import InvalidSpec, LaminaError, Unavailable
 from lamina.core.settings import InvokerSettings
 from lamina.function_cache import FunctionCache
 from lamina.lifecycle import run_until_signalled
@@ -37,6 +38,8 @@ from lamina.rpc import invoker_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
+#: LAMINA_KEEP_ALIVE_POLICY's values.
+KEEP_ALIVE_POLICIES = ("adaptive", "fixed")
 #: Seconds between heartbeats when the controller does not say.
 DEFAULT_HEARTBEAT_S = 2.0
 #: Seconds `serve` lets in-flight invocations finish at shutdown (Kubernetes' default
@@ -93,7 +96,8 @@ class InvokerServer:
         self._records = RecordShipper(self._client, self.metrics)
         self.pool = WorkerPool(sandbox, log_sink=self._shipper.submit, metrics=self.metrics,
                                invoker_id=self.invoker_id, log_cap_bytes=s.log_cap_bytes,
-                               idle_timeout_s=s.idle_timeout_s, memory_capacity_mb=s.memory_capacity_mb)
+                               idle_timeout_s=s.idle_timeout_s, memory_capacity_mb=s.memory_capacity_mb,
+                               policy=keep_alive_policy(s))
         self.functions.subscribe(self.pool.on_function_change)
         code = CodeCache(s.data_dir.resolve() / "invoker-cache" / (s.invoker_id or "shared") / "code",
                          self._client)
@@ -104,6 +108,7 @@ class InvokerServer:
             raise Unavailable(f"invoker cannot start its sandbox's zygotes: {exc}") from exc
         servicer = InvokerServicer(self.invoker_id, layers, self.functions, code, self.pool, interpreters,
                                    records=self._records.submit)
+        self.pool.specs = servicer.worker_spec
         self._server = grpc.aio.server(options=wire.SERVER_OPTIONS)
         pb_grpc.add_InvokerServicer_to_server(servicer, self._server)
         try:
@@ -116,13 +121,14 @@ class InvokerServer:
         self._stream = await start_stream(servicer, s.invoker_stream_listen, s.invoker_listen, self.address)
         await self._server.start()
         for job in (self.functions.run(), self._keep_registered(), self._shipper.run(), self._records.run(),
-                    self.pool.run_reaper()):
+                    self.pool.run()):
             self._tasks.append(asyncio.create_task(job))
         log.info("invoker %s serving on %s (isolation %s)", self.invoker_id, self.address, layers)
 
     async def _keep_registered(self) -> None:
         """Register, then heartbeat; register again when the controller forgot us; back off
-        (never give up) while it is unreachable."""
+        (never give up) while it is unreachable. With each heartbeat, the pool learns the live
+        invokers (whose hash ring says which functions' min_scale workers it keeps)."""
         assert self._client is not None and self.pool is not None
         interval: float | None = None
         delay = 0.2
@@ -133,11 +139,14 @@ class InvokerServer:
                         self.invoker_id, self.address, self.settings.memory_capacity_mb) or DEFAULT_HEARTBEAT_S
                     self.registered.set()
                     log.info("registered with the controller at %s", self._client.address)
+                    self.pool.set_invokers(await self._client.list_invokers())
                 await asyncio.sleep(interval)
                 if not await self._client.heartbeat(self.invoker_id, self.pool.load()):
                     log.info("the controller forgot invoker %s; registering again", self.invoker_id)
                     self.registered.clear()
                     interval = None
+                    continue
+                self.pool.set_invokers(await self._client.list_invokers())
                 delay = 0.2
             except LaminaError as exc:
                 if delay == 0.2:
@@ -174,6 +183,14 @@ class InvokerServer:
         if self.sandbox is not None:
             await self.sandbox.close()
             self.sandbox = None
+
+
+def keep_alive_policy(settings: InvokerSettings) -> KeepAlivePolicy:
+    """The keep-alive policy LAMINA_KEEP_ALIVE_POLICY names; LAMINA_IDLE_TIMEOUT_S is its fixed window."""
+    if settings.keep_alive_policy not in KEEP_ALIVE_POLICIES:
+        raise InvalidSpec(f"setting LAMINA_KEEP_ALIVE_POLICY={settings.keep_alive_policy!r} is invalid: expected "
+                          f"one of {', '.join(KEEP_ALIVE_POLICIES)}")
+    return KeepAlivePolicy(fixed_s=settings.idle_timeout_s, adaptive=settings.keep_alive_policy == "adaptive")
 
 
 async def serve(settings: InvokerSettings) -> None:

@@ -79,6 +79,14 @@ class InvokerServicer(pb_grpc.InvokerServicer):
         spec = WorkerSpec.of(fn, code_dir, interpreter)
         return await self._pool.invoke(spec, request_id, payload)
 
+    async def worker_spec(self, fn: Function) -> WorkerSpec | None:
+        """The worker spec of ``fn``, its code fetched, for a worker started ahead of any call
+        (the pool's min_scale workers); None when its runtime is not available here."""
+        interpreter = await asyncio.to_thread(self._interpreters.find, fn.spec.runtime)
+        if interpreter is None:
+            return None
+        return WorkerSpec.of(fn, await self._code.ensure(fn.spec.code_sha256), interpreter)
+
     async def Invoke(self, request: pb.InvokeRequest, context: grpc.aio.ServicerContext) -> pb.InvokeResponse:
         try:
             result = await self.invoke(request.function, request.revision, request.request_id, request.payload)

@@ -278,6 +278,23 @@ class Worker:
             self._capture = None
             self.last_used = time.monotonic()
 
+    async def start(self) -> InvocationResult | None:
+        """Start the process and INIT its handler ahead of any invocation (a pre-warm, a
+        min_scale worker): None when it is ready — its next ``invoke`` is warm — else the
+        failure (the worker is dead, ``reusable`` False). Its init output is capped as an
+        invocation's is and shipped with an empty request id."""
+        assert not self.started
+        self._capture, self._request_id = LogCapture(self._cap), ""
+        try:
+            return await self._start()
+        except BaseException:
+            self.reusable = False
+            await asyncio.shield(self.stop())
+            raise
+        finally:
+            self._capture = None
+            self.last_used = time.monotonic()
+
     def _check_limits(self, result: InvocationResult) -> InvocationResult:
         """What the slot saw during the call overrides what the handler said: an OOM kill of
         any process (a grandchild's too), a fork refused by the pids limit. Processes left
