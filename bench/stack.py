@@ -158,9 +158,10 @@ class LaminaStack:
         return int(self.client.deploy(body, pack_directory(directory))["revision"])
 
     def component_pid(self, component: str) -> int:
-        """The pid of the ``lamina <component>`` process under ``lamina up``."""
+        """The pid of the (first) ``lamina <component>`` process under ``lamina up`` (the
+        invokers are the controller's children)."""
         assert self.process is not None
-        for pid in children(self.process.pid):
+        for pid in sorted(descendants(self.process.pid)):
             if cmdline(pid).endswith(f"lamina {component}"):
                 return pid
         raise RuntimeError(f"no {component} process under lamina up (pid {self.process.pid})")
