@@ -32,7 +32,7 @@ import time
 from urllib.parse import urlsplit
 
 import httpx
-from loadgen import percentile
+from loadgen import percentile, read_response
 from stack import BENCH, ROOT, LaminaStack, free_port, wait_http
 
 STEP_SECONDS = float(os.environ.get("BENCH_STEP_SECONDS", "20"))
@@ -68,14 +68,7 @@ async def _step(url: str, clients: int, seconds: float) -> list[tuple[float, flo
                 if writer is None:
                     reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
                 writer.write(request)
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n")[1:]:
-                    if line[:15].lower() == b"content-length:":
-                        length = int(line[15:])
-                if length:
-                    await reader.readexactly(length)
-                ok = head.startswith(b"HTTP/1.1 200")
+                ok = (await read_response(reader)).startswith(b"HTTP/1.1 200")
             except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
                 if writer is not None:
                     writer.close()

@@ -113,6 +113,18 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, int(round(p / 100 * len(ordered) + 0.5)) - 1))]
 
 
+async def read_response(reader: asyncio.StreamReader) -> bytes:
+    """Read one HTTP/1.1 response with a Content-Length body; return its head."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    if length:
+        await reader.readexactly(length)
+    return head
+
+
 async def _asyncio_load(url: str, connections: int, seconds: float) -> Load:
     """The fallback client: ``connections`` keep-alive HTTP/1.1 connections on raw streams."""
     parts = urlsplit(url)
@@ -131,13 +143,7 @@ async def _asyncio_load(url: str, connections: int, seconds: float) -> Load:
             while time.perf_counter() < deadline:
                 start = time.perf_counter()
                 writer.write(request)
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n")[1:]:
-                    if line[:15].lower() == b"content-length:":
-                        length = int(line[15:])
-                if length:
-                    await reader.readexactly(length)
+                head = await read_response(reader)
                 latencies.append(time.perf_counter() - start)
                 if not head.startswith((b"HTTP/1.1 2", b"HTTP/1.0 2")):
                     errors += 1

@@ -271,6 +271,79 @@ class ControllerServicer(pb_grpc.ControllerServicer):
         )
         return pb.QueryRecordsResponse(records=[wire.record_to_pb(r) for r in records])
 
+    # async invocations
+
+    @rpc
+    async def EnqueueInvocation(self, request: pb.EnqueueInvocationRequest, context: Any) -> pb.EnqueueInvocationResponse:
+        if request.idempotency_window_s < 0:
+            raise InvalidSpec(f"idempotency_window_s {request.idempotency_window_s} is negative")
+        inv, created = await asyncio.to_thread(
+            self._store.invocations.enqueue, validate_name(request.function), request.payload,
+            idempotency_key=request.idempotency_key, idempotency_window_s=request.idempotency_window_s,
+            callback_url=request.callback_url,
+        )
+        return pb.EnqueueInvocationResponse(invocation=wire.invocation_to_pb(inv), created=created)
+
+    @rpc
+    async def LeaseInvocations(self, request: pb.LeaseInvocationsRequest, context: Any) -> pb.LeaseInvocationsResponse:
+        if request.lease_s <= 0:
+            raise InvalidSpec(f"lease_s {request.lease_s} must be positive")
+        leased = await asyncio.to_thread(
+            self._store.invocations.lease, request.limit, request.lease_s, dict(request.concurrency)
+        )
+        return pb.LeaseInvocationsResponse(invocations=[wire.invocation_to_pb(i) for i in leased])
+
+    @rpc
+    async def ExtendLease(self, request: pb.ExtendLeaseRequest, context: Any) -> pb.ExtendLeaseResponse:
+        if request.lease_s <= 0:
+            raise InvalidSpec(f"lease_s {request.lease_s} must be positive")
+        await asyncio.to_thread(self._store.invocations.extend, request.id, request.lease_token, request.lease_s)
+        return pb.ExtendLeaseResponse()
+
+    @rpc
+    async def ReleaseInvocation(self, request: pb.ReleaseInvocationRequest, context: Any) -> pb.AsyncInvocation:
+        queue, report = self._store.invocations, wire.report_from_pb(request)
+        action = pb.ReleaseInvocationRequest
+        if request.action == action.COMPLETE:
+            inv = await asyncio.to_thread(queue.complete, request.id, request.lease_token, report)
+        elif request.action == action.RETRY:
+            inv = await asyncio.to_thread(queue.retry, request.id, request.lease_token, request.delay_s, report,
+                                          count_attempt=request.count_attempt)
+        elif request.action == action.DEAD_LETTER:
+            inv = await asyncio.to_thread(queue.dead_letter, request.id, request.lease_token, report)
+        else:
+            raise InvalidSpec(f"unknown release action {request.action}")
+        return wire.invocation_to_pb(inv)
+
+    @rpc
+    async def GetInvocation(self, request: pb.GetInvocationRequest, context: Any) -> pb.AsyncInvocation:
+        return wire.invocation_to_pb(await asyncio.to_thread(self._store.invocations.get, request.id))
+
+    @rpc
+    async def CancelInvocation(self, request: pb.CancelInvocationRequest, context: Any) -> pb.AsyncInvocation:
+        return wire.invocation_to_pb(await asyncio.to_thread(self._store.invocations.cancel, request.id))
+
+    @rpc
+    async def ListDeadLetters(self, request: pb.ListDeadLettersRequest, context: Any) -> pb.ListDeadLettersResponse:
+        if request.limit < 0:
+            raise InvalidSpec(f"limit {request.limit} is negative")
+        dead = await asyncio.to_thread(
+            self._store.invocations.dead_letters, validate_name(request.function), request.limit
+        )
+        return pb.ListDeadLettersResponse(invocations=[wire.invocation_to_pb(i) for i in dead])
+
+    @rpc
+    async def RedriveDeadLetters(self, request: pb.RedriveDeadLettersRequest, context: Any) -> pb.DeadLettersCount:
+        count = await asyncio.to_thread(
+            self._store.invocations.redrive, validate_name(request.function), list(request.ids)
+        )
+        return pb.DeadLettersCount(count=count)
+
+    @rpc
+    async def PurgeDeadLetters(self, request: pb.PurgeDeadLettersRequest, context: Any) -> pb.DeadLettersCount:
+        count = await asyncio.to_thread(self._store.invocations.purge, validate_name(request.function))
+        return pb.DeadLettersCount(count=count)
+
     @rpc
     async def GetMetrics(self, request: pb.GetMetricsRequest, context: Any) -> pb.GetMetricsResponse:
         await asyncio.to_thread(self._sample_store)

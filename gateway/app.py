@@ -22,10 +22,12 @@ from gateway.balancer import Balancer
 from gateway.concurrency import ConcurrencyLimiter
 from gateway.invokers import InvokerClients
 from gateway.metrics import GatewayMetrics, RequestMetricsMiddleware
-from gateway.routes import functions, health, http, invoke, usage
+from gateway.queues.database import DatabaseQueue
+from gateway.routes import asynchronous, functions, health, http, invocations, invoke, usage
 from gateway.routes import metrics as metrics_routes
 from lamina.controller_client import ControllerClient
 from lamina.core.errors import InvalidSpec, LaminaError, LimitExceeded, NotFound, Unauthenticated
+from lamina.core.queue import InvocationQueue
 from lamina.core.settings import GatewaySettings
 from lamina.function_cache import FunctionCache
 
@@ -69,6 +71,7 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 def create_app(
     settings: GatewaySettings, *, controller: ControllerClient, cache: FunctionCache, balancer: Balancer,
     invokers: InvokerClients, metrics: GatewayMetrics | None = None, auth: Authenticator | None = None,
+    queue: InvocationQueue | None = None,
 ) -> FastAPI:
     """The gateway's app over running components (the caller starts and stops them)."""
     app = FastAPI(
@@ -94,17 +97,21 @@ def create_app(
     app.state.limiter = ConcurrencyLimiter(
         metrics.queued, metrics.throttled, queue_depth=settings.queue_depth, queue_age_s=settings.queue_age_s)
     app.state.auth = auth or Authenticator(controller)
+    app.state.queue = queue if queue is not None else DatabaseQueue(controller)
+    #: Set by the server when this gateway runs the async dispatcher (woken on each enqueue).
+    app.state.dispatcher = None
 
     # The function URLs first: routes are tried in order, and this is the hot path.
-    app.router.routes[0:0] = http.routes
+    app.router.routes[0:0] = http.routes + asynchronous.routes
     authenticated = [Depends(require_principal)]
     included = [
         (functions.router, API_PREFIX, authenticated), (invoke.router, API_PREFIX, authenticated),
-        (usage.router, API_PREFIX, authenticated),
+        (usage.router, API_PREFIX, authenticated), (invocations.router, API_PREFIX, authenticated),
         (health.router, "", []), (metrics_routes.router, "", []),
     ]
     templates = {id(r.endpoint): r.path for r in app.router.routes if isinstance(r, Route)}
     templates[id(http.function_url)] = http.TEMPLATE
+    templates[id(asynchronous.async_function_url)] = asynchronous.TEMPLATE
     for router, prefix, dependencies in included:
         app.include_router(router, prefix=prefix, dependencies=dependencies)
         templates.update((id(r), prefix + r.path) for r in router.routes if isinstance(r, APIRoute))

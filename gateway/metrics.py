@@ -74,6 +74,17 @@ class GatewayMetrics:
             "it after too many system errors, until a health check passes).",
             ["state"], registry=self.registry,
         )
+        self.async_accepted = Counter(
+            "lamina_gateway_async_accepted",
+            "Asynchronous invocations accepted (202) by function; a repeated idempotency key is not counted.",
+            ["function"], registry=self.registry,
+        )
+        self.async_outcomes = Counter(
+            "lamina_gateway_async_attempts",
+            "Attempts of asynchronous invocations run by this gateway's dispatcher, by function and what followed: "
+            "succeeded, retried, dead-lettered or failed (the function no longer exists).",
+            ["function", "result"], registry=self.registry,
+        )
 
     def text(self) -> bytes:
         return generate_latest(self.registry)

@@ -16,12 +16,14 @@ from lamina.core.errors import InvalidSpec
 from lamina.core.functions import Function as FunctionState
 from lamina.core.functions import FunctionSpec, validate_spec
 from lamina.core.logs import LogRecord
+from lamina.core.queue import Invocation, InvocationState
 
 #: Keys a spec may carry; anything else is refused by name (a typo must not pass silently).
 SPEC_FIELDS: dict[str, type] = {
     "name": str, "runtime": str, "handler": str, "memory_mb": int, "timeout_s": int,
     "environment": dict, "description": str, "egress": str,
     "min_scale": int, "max_scale": int, "concurrency": int, "keep_alive_s": int,
+    "max_retries": int, "retry_delay_s": float,
 }
 
 
@@ -43,9 +45,39 @@ def function_json(fn: FunctionState, *, with_environment: bool = True) -> dict[s
         body["environment_keys"] = sorted(spec.environment)
     body.update(
         description=spec.description, egress=spec.egress, min_scale=spec.min_scale, max_scale=spec.max_scale,
-        concurrency=spec.concurrency, keep_alive_s=spec.keep_alive_s, code_sha256=spec.code_sha256, code_size=fn.code_size,
+        concurrency=spec.concurrency, keep_alive_s=spec.keep_alive_s, max_retries=spec.max_retries,
+        retry_delay_s=spec.retry_delay_s, code_sha256=spec.code_sha256, code_size=fn.code_size,
         revision=fn.revision, created_at=iso_time(fn.created_at), updated_at=iso_time(fn.updated_at),
     )
+    return body
+
+
+def _json_or_text(data: bytes) -> object:
+    try:
+        return json.loads(data)
+    except ValueError:
+        return data.decode("utf-8", "replace")
+
+
+def invocation_json(inv: Invocation, *, with_event: bool = True) -> dict[str, object]:
+    """An async invocation as the API shows it: state, attempts, timings (ISO-8601, null
+    when not yet), the result (its JSON) or the error, the tail of the last attempt's logs."""
+    def when(unix: float) -> str | None:
+        return iso_time(unix) if unix else None
+
+    body: dict[str, object] = {
+        "id": inv.id, "function": inv.function, "state": inv.state.value, "attempts": inv.attempts,
+        "created_at": when(inv.created_at), "started_at": when(inv.started_at),
+        "finished_at": when(inv.finished_at),
+        "next_attempt_at": when(inv.due_at) if inv.state is InvocationState.QUEUED else None,
+        "result": _json_or_text(inv.result) if inv.state is InvocationState.SUCCEEDED and inv.result else None,
+        "error": {"type": inv.error_type, "message": inv.error_message} if inv.error_type else None,
+        "logs": inv.logs,
+    }
+    if inv.idempotency_key:
+        body["idempotency_key"] = inv.idempotency_key
+    if with_event:
+        body["event"] = _json_or_text(inv.payload)
     return body
 
 
@@ -71,8 +103,9 @@ def parse_spec(text: str, *, name: str | None = None, code_sha256: str = "") -> 
         raise InvalidSpec(f"unknown spec field(s): {', '.join(unknown)}; expected some of {', '.join(SPEC_FIELDS)}")
     for key, value in raw.items():
         kind = SPEC_FIELDS[key]
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            expected = {str: "a string", int: "an integer", dict: "an object"}[kind]
+        accepted = (int, float) if kind is float else kind
+        if not isinstance(value, accepted) or (kind in (int, float) and isinstance(value, bool)):
+            expected = {str: "a string", int: "an integer", float: "a number", dict: "an object"}[kind]
             raise InvalidSpec(f"spec field {key!r} must be {expected}, got {json.dumps(value)}")
     if name is not None:
         if raw.setdefault("name", name) != name:
@@ -108,6 +141,8 @@ class FunctionOut(BaseModel):
     max_scale: int = Field(description="Most workers of the function on one invoker.")
     concurrency: int = Field(description="Reserved concurrency: most invocations in flight (0: none).")
     keep_alive_s: int = Field(description="Seconds an idle worker is kept warm (0: the adaptive policy).")
+    max_retries: int = Field(description="Async retries after a handler error, 0..2, then the dead-letter list.")
+    retry_delay_s: float = Field(description="Seconds before the first async retry; each later one doubles.")
     code_sha256: str
     code_size: int = Field(description="Size of the code bundle (zip) in bytes.")
     revision: int = Field(description="Revision of the last change; send it back in If-Match.")
@@ -128,6 +163,8 @@ class FunctionSummary(BaseModel):
     max_scale: int = Field(description="Most workers of the function on one invoker.")
     concurrency: int = Field(description="Reserved concurrency: most invocations in flight (0: none).")
     keep_alive_s: int = Field(description="Seconds an idle worker is kept warm (0: the adaptive policy).")
+    max_retries: int = Field(description="Async retries after a handler error, 0..2, then the dead-letter list.")
+    retry_delay_s: float = Field(description="Seconds before the first async retry; each later one doubles.")
     code_sha256: str
     code_size: int
     revision: int
@@ -164,7 +201,7 @@ DEPLOY_FORM = {
                     "properties": {
                         "spec": {"type": "string", "description": "JSON object: name, runtime, handler, memory_mb, "
                                  "timeout_s, environment, description, egress, min_scale, max_scale, concurrency, "
-                                 "keep_alive_s."},
+                                 "keep_alive_s, max_retries, retry_delay_s."},
                         "code": {"type": "string", "format": "binary", "description": "The code bundle (zip)."},
                     },
                     "required": ["spec"],

@@ -1,7 +1,8 @@
 """The gateway process: the HTTP server plus the background tasks that keep it current.
 
 ``GatewayServer`` owns the lifecycles: the controller channel, the function cache following
-the watch stream, the balancer refreshing the invoker set, the invoker channels and uvicorn.
+the watch stream, the balancer refreshing the invoker set, the invoker channels, the async
+queue and its dispatcher, and uvicorn.
 It binds its own socket, so port 0 works and a port in use is an ``OSError`` raised by
 ``start()`` (uvicorn would ``sys.exit`` instead).
 """
@@ -20,10 +21,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway import responses
 from gateway.app import create_app
 from gateway.balancer import Balancer
+from gateway.callbacks import Callbacks
+from gateway.dispatcher import Dispatcher
 from gateway.invokers import InvokerClients
 from gateway.metrics import GatewayMetrics
+from gateway.queues import open_queue
 from gateway.routes import http
 from lamina.controller_client import ControllerClient
+from lamina.core.queue import InvocationQueue
 from lamina.core.settings import GatewaySettings
 from lamina.function_cache import FunctionCache
 from lamina.lifecycle import run_until_signalled
@@ -111,6 +116,9 @@ class GatewayServer:
         self.metrics = GatewayMetrics()
         self._server: uvicorn.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.queue: InvocationQueue | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.callbacks: Callbacks | None = None
 
     async def start(self) -> None:
         """Bind, start the background tasks and begin serving; return once accepting.
@@ -124,10 +132,14 @@ class GatewayServer:
         self.invokers = InvokerClients()
         self.balancer = Balancer(self.controller, self.invokers, invoke_grace_s=s.invoke_grace_s,
                                  eject_error_rate=s.eject_error_rate, metrics=self.metrics, strategy=s.balancer)
+        self.queue = open_queue(s.queue_url, self.controller)
         app = create_app(
             s, controller=self.controller, cache=self.cache, balancer=self.balancer, invokers=self.invokers,
-            metrics=self.metrics,
+            metrics=self.metrics, queue=self.queue,
         )
+        self.callbacks = Callbacks()
+        if s.async_dispatch:
+            self.dispatcher = app.state.dispatcher = Dispatcher(self.queue, app.state, s, self.callbacks)
         config = uvicorn.Config(
             function_url_fast_path(app, self.metrics), lifespan="off", access_log=False, log_config=None, server_header=False,
             timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
@@ -139,6 +151,8 @@ class GatewayServer:
             asyncio.create_task(self.cache.run(), name="gateway-function-cache"),
             asyncio.create_task(self.balancer.run(), name="gateway-balancer"),
         ]
+        if self.dispatcher is not None:
+            self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="gateway-async-dispatcher"))
         try:
             await server.startup(sockets=[sock])
         except BaseException:
@@ -166,6 +180,10 @@ class GatewayServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        if self.callbacks is not None:
+            await self.callbacks.close()
+        if self.queue is not None:
+            await self.queue.close()
         if self.invokers is not None:
             await self.invokers.close()
         if self.controller is not None:

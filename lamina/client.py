@@ -121,6 +121,37 @@ class Client:
             log_result=_decoded(response.headers.get("x-lamina-log-result", "")),
         )
 
+    def invoke_async(self, name: str, payload: bytes = b"{}", *, idempotency_key: str = "",
+                     callback_url: str = "") -> str:
+        """Queue an async invocation of ``name``; return its id (see ``invocation``)."""
+        headers = {"Content-Type": "application/json", "X-Amz-Invocation-Type": "Event"}
+        if idempotency_key:
+            headers["Idempotency-Key"] = idempotency_key
+        if callback_url:
+            headers["X-Callback-Url"] = callback_url
+        response = self._request("POST", f"/api/v1/functions/{name}/invoke", content=payload, headers=headers)
+        if response.status_code != 202:
+            raise _error(response)
+        return response.json()["id"]
+
+    def invocation(self, invocation_id: str) -> dict[str, Any]:
+        """An async invocation: state, attempts, result or error, logs tail, timings."""
+        return self._request("GET", f"/api/v1/invocations/{invocation_id}").json()
+
+    def cancel_invocation(self, invocation_id: str) -> dict[str, Any]:
+        return self._request("DELETE", f"/api/v1/invocations/{invocation_id}").json()
+
+    def dead_letters(self, name: str, limit: int = 100) -> list[dict[str, Any]]:
+        return self._request("GET", f"/api/v1/functions/{name}/dead-letters", params={"limit": limit}).json()[
+            "invocations"]
+
+    def redrive(self, name: str, ids: list[str] | None = None) -> int:
+        return self._request("POST", f"/api/v1/functions/{name}/dead-letters/redrive",
+                             json={"ids": ids or []}).json()["redriven"]
+
+    def purge(self, name: str) -> int:
+        return self._request("DELETE", f"/api/v1/functions/{name}/dead-letters").json()["purged"]
+
     def logs(self, name: str, *, request_id: str = "", after_id: int = 0, limit: int = 200) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"limit": limit, "after_id": after_id}
         if request_id:

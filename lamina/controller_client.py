@@ -7,7 +7,7 @@ It speaks domain types: protobuf stays inside, and every failed call is raised a
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -19,6 +19,7 @@ from lamina.core.fleet import InvokerInfo, InvokerLoad
 from lamina.core.functions import Function, FunctionSpec
 from lamina.core.keys import Principal
 from lamina.core.logs import LogRecord
+from lamina.core.queue import Invocation, Report
 from lamina.core.records import FunctionUsage, InvocationRecord
 from lamina.rpc import controller_pb2 as pb
 from lamina.rpc import controller_pb2_grpc as pb_grpc
@@ -38,6 +39,12 @@ _CHANGE_TYPES = {
     pb.FunctionEvent.DELETE: ChangeType.DELETE,
     pb.FunctionEvent.RESET: ChangeType.RESET,
     pb.FunctionEvent.SYNCED: ChangeType.SYNCED,
+}
+
+_ACTIONS = {
+    "complete": pb.ReleaseInvocationRequest.COMPLETE,
+    "retry": pb.ReleaseInvocationRequest.RETRY,
+    "dead_letter": pb.ReleaseInvocationRequest.DEAD_LETTER,
 }
 
 
@@ -194,6 +201,52 @@ class ControllerClient:
         """The newest ``limit`` records of ``function`` (0: 100), newest first."""
         msg = await self._call(self._stub.QueryRecords, pb.QueryRecordsRequest(function=function, limit=limit))
         return [wire.record_from_pb(r) for r in msg.records]
+
+    # async invocations (the controller's queue; gateway/queues/database.py adapts it)
+
+    async def enqueue_invocation(self, function: str, payload: bytes, *, idempotency_key: str = "",
+                                 idempotency_window_s: float = 0.0, callback_url: str = "") -> tuple[Invocation, bool]:
+        request = pb.EnqueueInvocationRequest(
+            function=function, payload=payload, idempotency_key=idempotency_key,
+            idempotency_window_s=idempotency_window_s, callback_url=callback_url)
+        msg = await self._call(self._stub.EnqueueInvocation, request, timeout=10)
+        return wire.invocation_from_pb(msg.invocation), msg.created
+
+    async def lease_invocations(self, limit: int, lease_s: float, concurrency: Mapping[str, int]) -> list[Invocation]:
+        request = pb.LeaseInvocationsRequest(limit=limit, lease_s=lease_s, concurrency=dict(concurrency))
+        msg = await self._call(self._stub.LeaseInvocations, request, timeout=10)
+        return [wire.invocation_from_pb(i) for i in msg.invocations]
+
+    async def extend_lease(self, invocation_id: str, lease_token: str, lease_s: float) -> None:
+        request = pb.ExtendLeaseRequest(id=invocation_id, lease_token=lease_token, lease_s=lease_s)
+        await self._call(self._stub.ExtendLease, request, timeout=10)
+
+    async def release_invocation(self, invocation_id: str, lease_token: str, action: str, report: Report, *,
+                                 delay_s: float = 0.0, count_attempt: bool = True) -> Invocation:
+        """``action``: "complete", "retry" or "dead_letter" (``lamina.core.queue.InvocationQueue``)."""
+        request = wire.report_to_pb(report, pb.ReleaseInvocationRequest(
+            id=invocation_id, lease_token=lease_token, action=_ACTIONS[action], delay_s=delay_s,
+            count_attempt=count_attempt))
+        return wire.invocation_from_pb(await self._call(self._stub.ReleaseInvocation, request, timeout=10))
+
+    async def get_invocation(self, invocation_id: str) -> Invocation:
+        msg = await self._call(self._stub.GetInvocation, pb.GetInvocationRequest(id=invocation_id), timeout=10)
+        return wire.invocation_from_pb(msg)
+
+    async def cancel_invocation(self, invocation_id: str) -> Invocation:
+        msg = await self._call(self._stub.CancelInvocation, pb.CancelInvocationRequest(id=invocation_id), timeout=10)
+        return wire.invocation_from_pb(msg)
+
+    async def list_dead_letters(self, function: str, limit: int = 0) -> list[Invocation]:
+        msg = await self._call(self._stub.ListDeadLetters, pb.ListDeadLettersRequest(function=function, limit=limit))
+        return [wire.invocation_from_pb(i) for i in msg.invocations]
+
+    async def redrive_dead_letters(self, function: str, ids: Sequence[str] = ()) -> int:
+        request = pb.RedriveDeadLettersRequest(function=function, ids=list(ids))
+        return (await self._call(self._stub.RedriveDeadLetters, request)).count
+
+    async def purge_dead_letters(self, function: str) -> int:
+        return (await self._call(self._stub.PurgeDeadLetters, pb.PurgeDeadLettersRequest(function=function))).count
 
     async def get_metrics(self) -> str:
         return (await self._call(self._stub.GetMetrics, pb.GetMetricsRequest(), timeout=5)).text

@@ -11,8 +11,16 @@ import grpc
 
 from lamina.core import errors
 from lamina.core.fleet import InvokerLoad
-from lamina.core.functions import DEFAULT_EGRESS, MAX_SCALE_DEFAULT, Function, FunctionSpec
+from lamina.core.functions import (
+    DEFAULT_EGRESS,
+    MAX_RETRIES_DEFAULT,
+    MAX_SCALE_DEFAULT,
+    RETRY_DELAY_S_DEFAULT,
+    Function,
+    FunctionSpec,
+)
 from lamina.core.invocations import InvocationResult, Outcome
+from lamina.core.queue import Invocation, InvocationState, Report
 from lamina.core.records import LATEST, FunctionUsage, InvocationRecord
 from lamina.rpc import controller_pb2 as cpb
 from lamina.rpc import invoker_pb2 as ipb
@@ -68,7 +76,8 @@ def spec_to_pb(spec: FunctionSpec) -> cpb.FunctionSpec:
         name=spec.name, runtime=spec.runtime, handler=spec.handler, memory_mb=spec.memory_mb,
         timeout_s=spec.timeout_s, environment=dict(spec.environment), code_sha256=spec.code_sha256,
         description=spec.description, egress=spec.egress, min_scale=spec.min_scale, max_scale=spec.max_scale,
-        concurrency=spec.concurrency, keep_alive_s=spec.keep_alive_s,
+        concurrency=spec.concurrency, keep_alive_s=spec.keep_alive_s, max_retries=spec.max_retries,
+        retry_delay_s=spec.retry_delay_s,
     )
 
 
@@ -78,6 +87,8 @@ def spec_from_pb(msg: cpb.FunctionSpec) -> FunctionSpec:
         timeout_s=msg.timeout_s, environment=dict(msg.environment), code_sha256=msg.code_sha256,
         description=msg.description, egress=msg.egress or DEFAULT_EGRESS, min_scale=msg.min_scale,
         max_scale=msg.max_scale or MAX_SCALE_DEFAULT, concurrency=msg.concurrency, keep_alive_s=msg.keep_alive_s,
+        max_retries=msg.max_retries if msg.HasField("max_retries") else MAX_RETRIES_DEFAULT,
+        retry_delay_s=msg.retry_delay_s if msg.HasField("retry_delay_s") else RETRY_DELAY_S_DEFAULT,
     )
 
 
@@ -167,3 +178,34 @@ def load_to_pb(load: InvokerLoad) -> cpb.InvokerLoad:
 def load_from_pb(msg: cpb.InvokerLoad) -> InvokerLoad:
     return InvokerLoad(in_flight=msg.in_flight, warm_workers=msg.warm_workers, busy_workers=msg.busy_workers,
                        reserved_memory_mb=msg.reserved_memory_mb, queued=msg.queued)
+
+
+def invocation_to_pb(inv: Invocation) -> cpb.AsyncInvocation:
+    return cpb.AsyncInvocation(
+        id=inv.id, function=inv.function, payload=inv.payload, state=inv.state.value, attempts=inv.attempts,
+        created_at=inv.created_at, enqueued_at=inv.enqueued_at, due_at=inv.due_at, started_at=inv.started_at,
+        finished_at=inv.finished_at, updated_at=inv.updated_at, lease_token=inv.lease_token,
+        idempotency_key=inv.idempotency_key, callback_url=inv.callback_url, result=inv.result,
+        error_type=inv.error_type, error_message=inv.error_message, logs=inv.logs,
+    )
+
+
+def invocation_from_pb(msg: cpb.AsyncInvocation) -> Invocation:
+    return Invocation(
+        id=msg.id, function=msg.function, payload=msg.payload, state=InvocationState(msg.state),
+        attempts=msg.attempts, created_at=msg.created_at, enqueued_at=msg.enqueued_at, due_at=msg.due_at,
+        started_at=msg.started_at, finished_at=msg.finished_at, updated_at=msg.updated_at,
+        lease_token=msg.lease_token, idempotency_key=msg.idempotency_key, callback_url=msg.callback_url,
+        result=msg.result, error_type=msg.error_type, error_message=msg.error_message, logs=msg.logs,
+    )
+
+
+def report_to_pb(report: Report, msg: cpb.ReleaseInvocationRequest) -> cpb.ReleaseInvocationRequest:
+    """``msg`` with the report's fields set."""
+    msg.result, msg.error_type, msg.error_message, msg.logs = (
+        report.result, report.error_type, report.error_message, report.logs)
+    return msg
+
+
+def report_from_pb(msg: cpb.ReleaseInvocationRequest) -> Report:
+    return Report(result=msg.result, error_type=msg.error_type, error_message=msg.error_message, logs=msg.logs)

@@ -23,13 +23,14 @@ from controller.store.abc import (
 )
 from controller.store.database import Database
 from controller.store.functions import SQLFunctionStore
+from controller.store.invocations import SQLInvocationStore
 from controller.store.logs import SQLLogStore
 from controller.store.records import SQLRecordStore
 from controller.store.registry import SQLInvokerRegistry, SQLKeyStore
 
 __all__ = [
     "BlobIndex", "Change", "FunctionStore", "InvokerRegistry", "KeyRecord", "KeyStore", "LogStore", "RecordStore",
-    "SQLStore", "Store",
+    "SQLInvocationStore", "SQLStore", "Store",
 ]
 
 
@@ -50,6 +51,7 @@ class SQLStore:
         self.invokers: InvokerRegistry = SQLInvokerRegistry(self._db, heartbeat_interval_s, clock)
         self.logs: LogStore = SQLLogStore(self._db)
         self.records: RecordStore = SQLRecordStore(self._db)
+        self.invocations = SQLInvocationStore(self._db, clock)
 
     def close(self) -> None:
         """Release every database connection. Idempotent."""

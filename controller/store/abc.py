@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from lamina.core.fleet import InvokerInfo, InvokerLoad
 from lamina.core.functions import Function, FunctionSpec
 from lamina.core.logs import LogRecord
 from lamina.core.records import FunctionUsage, InvocationRecord
+
+if TYPE_CHECKING:
+    from controller.store.invocations import SQLInvocationStore
 
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000
 DEFAULT_LOG_LIMIT, MAX_LOG_LIMIT = 200, 1000
@@ -148,6 +151,8 @@ class Store(Protocol):
     invokers: InvokerRegistry
     logs: LogStore
     records: RecordStore
+    #: The async invocation queue: lamina.core.queue.InvocationQueue's contract, blocking.
+    invocations: SQLInvocationStore
 
     def close(self) -> None:
         """Release the database's connections. Idempotent."""

@@ -135,7 +135,7 @@ def _spec_values(spec: FunctionSpec) -> dict[str, Any]:
         "timeout_s": spec.timeout_s, "environment": dict(spec.environment),
         "description": spec.description, "code_sha256": spec.code_sha256, "egress": spec.egress,
         "min_scale": spec.min_scale, "max_scale": spec.max_scale, "concurrency": spec.concurrency,
-        "keep_alive_s": spec.keep_alive_s,
+        "keep_alive_s": spec.keep_alive_s, "max_retries": spec.max_retries, "retry_delay_s": spec.retry_delay_s,
     }
 
 
@@ -144,7 +144,8 @@ def _function(row: Row[Any]) -> Function:
         name=row.name, runtime=row.runtime, handler=row.handler, memory_mb=row.memory_mb,
         timeout_s=row.timeout_s, environment=dict(row.environment or {}), code_sha256=row.code_sha256,
         description=row.description, egress=row.egress, min_scale=row.min_scale, max_scale=row.max_scale,
-        concurrency=row.concurrency, keep_alive_s=row.keep_alive_s,
+        concurrency=row.concurrency, keep_alive_s=row.keep_alive_s, max_retries=row.max_retries,
+        retry_delay_s=float(row.retry_delay_s),
     )
     return Function(spec=spec, revision=int(row.revision), code_size=int(row.code_size),
                     created_at=float(row.created_at), updated_at=float(row.updated_at))

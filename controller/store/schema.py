@@ -33,6 +33,8 @@ functions = sa.Table(
     sa.Column("max_scale", sa.Integer, nullable=False, server_default="100"),
     sa.Column("concurrency", sa.Integer, nullable=False, server_default="0"),
     sa.Column("keep_alive_s", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("max_retries", sa.Integer, nullable=False, server_default="2"),
+    sa.Column("retry_delay_s", sa.Float, nullable=False, server_default="1"),
     sa.Column("code_sha256", sa.String(64), nullable=False),
     sa.Column("code_size", sa.BigInteger, nullable=False),
     # Global revision of the row's last change (see revision_counter).
@@ -127,4 +129,35 @@ invocation_records = sa.Table(
     sa.Index("ix_invocation_records_started_at", "started_at"),
     # A resent batch (its answer was lost) must not bill twice.
     sa.Index("uq_invocation_records_request_id_started_at", "request_id", "started_at", unique=True),
+)
+
+# The async invocation queue: a row per invocation from acceptance to its final state
+# (controller/store/invocations.py). A running row's due_at is its lease's end, so "due"
+# is one range scan for first runs, retries and leases that ran out alike.
+async_invocations = sa.Table(
+    "async_invocations",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("function", sa.String(64), nullable=False),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("enqueued_at", sa.Float, nullable=False),
+    sa.Column("due_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("finished_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("lease_token", sa.String(36), nullable=False),
+    sa.Column("idempotency_key", sa.String(128), nullable=False),
+    sa.Column("callback_url", sa.String(2048), nullable=False),
+    sa.Column("result", sa.LargeBinary, nullable=False),
+    sa.Column("error_type", sa.String(128), nullable=False),
+    sa.Column("error_message", sa.Text, nullable=False),
+    sa.Column("logs", sa.Text, nullable=False),
+    # Leasing: due queued rows and running rows whose lease ran out.
+    sa.Index("ix_async_invocations_state_due_at", "state", "due_at"),
+    # Dead letters of a function, and its running count for the concurrency limit.
+    sa.Index("ix_async_invocations_function_state", "function", "state"),
+    sa.Index("ix_async_invocations_function_idempotency_key", "function", "idempotency_key"),
 )

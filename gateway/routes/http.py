@@ -23,6 +23,7 @@ import uuid
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Scope
 
 from gateway import events, responses
 from gateway.routes.invoke import read_body, resolve, run
@@ -48,22 +49,7 @@ async def function_url(request: Request) -> Response:
             await _authorize_log_tail(request)
         fn = await resolve(request, name)
         body = await read_body(request, state.settings.max_sync_payload_bytes)
-        client = scope.get("client")
-        event = events.http_event(
-            events.HttpRequest(
-                method=scope["method"],
-                path="/" + path_params.get("path", ""),
-                query_string=scope["query_string"].decode("latin-1"),
-                headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw_headers],
-                body=body,
-                source_ip=client[0] if client else "",
-                protocol=f"HTTP/{scope.get('http_version', '1.1')}",
-                api_id=name,
-                request_id=request_id,
-                received_at=time.time(),
-            )
-        )
-        payload = _dumps(event).encode()
+        payload = http_event_payload(scope, name, request_id, body)
         result = await run(state, fn, request_id, payload, request.receive)
     except LaminaError as exc:
         return responses.error_response(exc, {responses.REQUEST_ID: request_id})
@@ -87,6 +73,27 @@ async def function_url(request: Request) -> Response:
     for key, value in responses.invocation_headers(result, request_id, log_tail=tail).items():
         raw.append((_LOWER.get(key) or key.lower().encode("latin-1"), value.encode("latin-1")))
     return response
+
+
+def http_event_payload(scope: Scope, name: str, request_id: str, body: bytes) -> bytes:
+    """The API Gateway 2.0 event of the request in ``scope`` (its body read), JSON-encoded:
+    ``rawPath`` is the path below the function's prefix (the ``path`` path parameter)."""
+    client = scope.get("client")
+    event = events.http_event(
+        events.HttpRequest(
+            method=scope["method"],
+            path="/" + scope.get("path_params", {}).get("path", ""),
+            query_string=scope["query_string"].decode("latin-1"),
+            headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]],
+            body=body,
+            source_ip=client[0] if client else "",
+            protocol=f"HTTP/{scope.get('http_version', '1.1')}",
+            api_id=name,
+            request_id=request_id,
+            received_at=time.time(),
+        )
+    )
+    return _dumps(event).encode()
 
 
 _dumps = json.JSONEncoder(separators=(",", ":")).encode

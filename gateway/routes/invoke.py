@@ -87,6 +87,9 @@ async def run(state: State, fn: Function, request_id: str, payload: bytes, recei
               "content": {"application/json": {}}},
         502: {"description": "The function failed: {errorType, errorMessage, stackTrace}; the error type is in "
               "the X-Lamina-Function-Error header."},
+        202: {"description": "With `X-Amz-Invocation-Type: Event` (or `?InvocationType=Event`): queued, "
+              "`{\"id\": …}` and the `X-Lamina-Invocation-Id` header; see GET /api/v1/invocations/{id}. "
+              "`Idempotency-Key` and `X-Callback-Url` apply as on /async-function/."},
         504: {"description": "The function timed out."},
         429: {"model": ErrorBody, "description": "Throttled (`TooManyRequests`): the function's reserved "
               "concurrency and its queue are full, or no invoker has room. Retry after `Retry-After` seconds.",
@@ -97,14 +100,21 @@ async def run(state: State, fn: Function, request_id: str, payload: bytes, recei
                                    "content": {"application/json": {"schema": {}}}}},
 )
 async def invoke(name: str, request: Request) -> Response:
+    # Imported here: the async routes build on this module's helpers.
+    from gateway.routes import asynchronous
+
     request_id = str(uuid.uuid4())
     state = request.app.state
+    event = asynchronous.wants_event(request)
     try:
-        payload = await read_body(request, state.settings.max_sync_payload_bytes) or b"{}"
+        limit = state.settings.max_async_payload_bytes if event else state.settings.max_sync_payload_bytes
+        payload = await read_body(request, limit) or b"{}"
         try:
             json.loads(payload)
         except ValueError as exc:
             raise InvalidSpec(f"the request body must be the JSON event: {exc}") from exc
+        if event:
+            return await asynchronous.accept(request, name, payload)
         fn = await resolve(request, name)
         result = await run(state, fn, request_id, payload, request.receive)
     except LaminaError as exc:

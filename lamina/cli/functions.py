@@ -33,7 +33,8 @@ ApiKey = Annotated[str | None, typer.Option("--api-key", envvar="LAMINA_API_KEY"
 YAML_KEYS = {"name": "name", "runtime": "runtime", "handler": "handler", "memory": "memory_mb",
              "timeout": "timeout_s", "environment": "environment", "description": "description",
              "egress": "egress", "min_scale": "min_scale", "max_scale": "max_scale",
-             "concurrency": "concurrency", "keep_alive": "keep_alive_s"}
+             "concurrency": "concurrency", "keep_alive": "keep_alive_s", "max_retries": "max_retries",
+             "retry_delay": "retry_delay_s"}
 
 
 def _client(url: str, api_key: str | None) -> Client:
@@ -119,6 +120,10 @@ def register(app: typer.Typer) -> None:
             "--concurrency", help="reserved concurrency: most invocations in flight, beyond it 429 [default: 0, none]")] = None,
         keep_alive: Annotated[int | None, typer.Option(
             "--keep-alive", help="seconds an idle worker stays warm [default: 0, the adaptive policy]")] = None,
+        max_retries: Annotated[int | None, typer.Option(
+            "--max-retries", help="async retries after a handler error, 0..2 [default: 2]")] = None,
+        retry_delay: Annotated[float | None, typer.Option(
+            "--retry-delay", help="seconds before the first async retry, doubling after [default: 1]")] = None,
         url: Url = DEFAULT_URL,
         api_key: ApiKey = None,
     ) -> None:
@@ -127,7 +132,8 @@ def register(app: typer.Typer) -> None:
             fields = read_manifest(directory)
             flags = {"name": name, "runtime": runtime, "handler": handler, "memory_mb": memory,
                      "timeout_s": timeout, "description": description, "egress": egress, "min_scale": min_scale,
-                     "max_scale": max_scale, "concurrency": concurrency, "keep_alive_s": keep_alive}
+                     "max_scale": max_scale, "concurrency": concurrency, "keep_alive_s": keep_alive,
+                     "max_retries": max_retries, "retry_delay_s": retry_delay}
             fields.update({k: v for k, v in flags.items() if v is not None})
             fields["environment"] = {**fields.get("environment", {}), **_parse_env(env or [])}
             fields.setdefault("name", directory.resolve().name)
@@ -158,12 +164,22 @@ def register(app: typer.Typer) -> None:
         payload: Annotated[str | None, typer.Option("--payload", "-p", help="JSON event or @file")] = None,
         log_tail: Annotated[bool, typer.Option("--log-tail", help="Print the last 4 KB of the invocation's logs "
                                                "and its REPORT line to stderr")] = False,
+        asynchronous: Annotated[bool, typer.Option("--async", help="Queue it (202) and print the invocation id")] = False,
+        idempotency_key: Annotated[str | None, typer.Option(
+            "--idempotency-key", help="With --async: the same key within the window returns the first id")] = None,
+        callback_url: Annotated[str | None, typer.Option(
+            "--callback-url", help="With --async: POST the final state there")] = None,
         url: Url = DEFAULT_URL,
         api_key: ApiKey = None,
     ) -> None:
-        """Invoke NAME with a JSON event; print its result (exit 1 if the function failed)."""
+        """Invoke NAME with a JSON event; print its result (exit 1 if the function failed).
+        With --async, queue it and print the invocation id (see `lamina invocation ID`)."""
         try:
             with _client(url, api_key) as client:
+                if asynchronous:
+                    sys.stdout.write(client.invoke_async(name, _payload(payload), idempotency_key=idempotency_key or "",
+                                                         callback_url=callback_url or "") + "\n")
+                    return
                 result = client.invoke(name, _payload(payload), log_tail=log_tail)
         except LaminaError as exc:
             raise _fail(exc) from exc
@@ -178,6 +194,70 @@ def register(app: typer.Typer) -> None:
                 err.print(line.rstrip("\n"), highlight=False, markup=False)
             raise typer.Exit(1)
         sys.stdout.write(result.body.decode() + "\n")
+
+    @app.command()
+    def invocation(
+        invocation_id: str,
+        cancel: Annotated[bool, typer.Option("--cancel", help="Cancel it if it has not started")] = False,
+        url: Url = DEFAULT_URL, api_key: ApiKey = None,
+    ) -> None:
+        """Show an async invocation (state, attempts, result or error, logs tail, timings) as JSON."""
+        try:
+            with _client(url, api_key) as client:
+                body = client.cancel_invocation(invocation_id) if cancel else client.invocation(invocation_id)
+        except LaminaError as exc:
+            raise _fail(exc) from exc
+        sys.stdout.write(json.dumps(body, indent=2) + "\n")
+
+    dlq = typer.Typer(help="A function's dead-letter list: async invocations out of retries.", no_args_is_help=True)
+    app.add_typer(dlq, name="dlq")
+
+    @dlq.command("list")
+    def dlq_list(name: str, limit: Annotated[int, typer.Option("--limit", "-n")] = 100,
+                 url: Url = DEFAULT_URL, api_key: ApiKey = None) -> None:
+        """List NAME's dead-lettered invocations, newest first."""
+        table = Table("ID", "ATTEMPTS", "ERROR", "FINISHED")
+        try:
+            with _client(url, api_key) as client:
+                for inv in client.dead_letters(name, limit):
+                    error = inv["error"] or {}
+                    table.add_row(inv["id"], str(inv["attempts"]), error.get("type", ""), inv["finished_at"] or "")
+        except LaminaError as exc:
+            raise _fail(exc) from exc
+        out.print(table)
+
+    @dlq.command("show")
+    def dlq_show(name: str, invocation_id: str, url: Url = DEFAULT_URL, api_key: ApiKey = None) -> None:
+        """Show one dead-lettered invocation of NAME: event, error, attempts, last logs."""
+        try:
+            with _client(url, api_key) as client:
+                body = client.invocation(invocation_id)
+        except LaminaError as exc:
+            raise _fail(exc) from exc
+        if body["function"] != name or body["state"] != "dead-lettered":
+            raise _fail(NotFound(f"invocation {invocation_id!r} is not in the dead-letter list of {name!r}"))
+        sys.stdout.write(json.dumps(body, indent=2) + "\n")
+
+    @dlq.command("redrive")
+    def dlq_redrive(name: str, ids: Annotated[list[str] | None, typer.Argument(help="Only these (default: all)")] = None,
+                    url: Url = DEFAULT_URL, api_key: ApiKey = None) -> None:
+        """Queue NAME's dead-lettered invocations again."""
+        try:
+            with _client(url, api_key) as client:
+                count = client.redrive(name, ids or [])
+        except LaminaError as exc:
+            raise _fail(exc) from exc
+        out.print(f"redriven {count} invocation(s) of [bold]{name}[/]")
+
+    @dlq.command("purge")
+    def dlq_purge(name: str, url: Url = DEFAULT_URL, api_key: ApiKey = None) -> None:
+        """Delete NAME's dead-lettered invocations."""
+        try:
+            with _client(url, api_key) as client:
+                count = client.purge(name)
+        except LaminaError as exc:
+            raise _fail(exc) from exc
+        out.print(f"purged {count} invocation(s) of [bold]{name}[/]")
 
     @app.command("list")
     def list_(url: Url = DEFAULT_URL, api_key: ApiKey = None) -> None:

@@ -36,6 +36,10 @@ DEFAULT_EGRESS = "internet"
 MAX_SCALE_LIMIT, MAX_SCALE_DEFAULT = 1000, 100
 CONCURRENCY_LIMIT = 10000
 KEEP_ALIVE_S_MAX = 24 * 3600
+#: Async retries after a handler error (Lambda's range and default), and the first delay
+#: before a retry in seconds; each later delay doubles (with jitter).
+MAX_RETRIES_LIMIT, MAX_RETRIES_DEFAULT = 2, 2
+RETRY_DELAY_S_MAX, RETRY_DELAY_S_DEFAULT = 3600.0, 1.0
 #: Variables the runtime sets itself; a function may not override them.
 RESERVED_ENV_PREFIXES = ("LAMINA_", "AWS_LAMBDA_", "LAMBDA_")
 RESERVED_ENV_KEYS = frozenset({"_HANDLER", "AWS_REGION", "AWS_EXECUTION_ENV", "PATH", "PYTHONPATH", "TZ"})
@@ -64,6 +68,10 @@ class FunctionSpec:
     concurrency: int = 0
     #: Seconds an idle worker is kept warm (0: the invoker's keep-alive policy).
     keep_alive_s: int = 0
+    #: Async invocations: retries after a handler error (0..2) before the dead-letter list.
+    max_retries: int = MAX_RETRIES_DEFAULT
+    #: Async invocations: seconds before the first retry; each later one waits twice as long.
+    retry_delay_s: float = RETRY_DELAY_S_DEFAULT
 
     def with_code(self, sha256: str) -> FunctionSpec:
         return replace(self, code_sha256=sha256)
@@ -108,6 +116,7 @@ def validate_spec(spec: FunctionSpec, *, require_code: bool = True) -> FunctionS
     if spec.egress not in EGRESS:
         raise InvalidSpec(f"unknown egress {spec.egress!r}: expected one of {', '.join(EGRESS)}")
     validate_scaling(spec)
+    validate_retries(spec)
     if len(spec.description) > DESCRIPTION_MAX:
         raise InvalidSpec(f"description is longer than {DESCRIPTION_MAX} characters")
     if require_code and not re.fullmatch(r"[0-9a-f]{64}", spec.code_sha256 or ""):
@@ -128,6 +137,13 @@ def validate_scaling(spec: FunctionSpec) -> None:
     if not 0 <= spec.keep_alive_s <= KEEP_ALIVE_S_MAX:
         raise InvalidSpec(f"keep_alive {spec.keep_alive_s} s is out of range 0..{KEEP_ALIVE_S_MAX} s "
                           "(0: the invoker's adaptive policy)")
+
+
+def validate_retries(spec: FunctionSpec) -> None:
+    if not 0 <= spec.max_retries <= MAX_RETRIES_LIMIT:
+        raise InvalidSpec(f"max_retries {spec.max_retries} is out of range 0..{MAX_RETRIES_LIMIT}")
+    if not 0 <= spec.retry_delay_s <= RETRY_DELAY_S_MAX:
+        raise InvalidSpec(f"retry_delay {spec.retry_delay_s} s is out of range 0..{RETRY_DELAY_S_MAX:g} s")
 
 
 def validate_environment(environment: dict[str, str]) -> None:

@@ -144,6 +144,42 @@ class GatewaySettings(CommonSettings):
     invoker's recent calls above which the gateway takes it out of the ring until a health
     check passes again."""
 
+    queue_url: str = ""
+    """LAMINA_QUEUE_URL: where async invocations are queued. Empty means the controller's
+    database (durable on SQLite and PostgreSQL, no extra service); `nats://host:4222` means
+    NATS JetStream, for throughput beyond what the database serves."""
+
+    max_async_payload_bytes: int = 256 * 1024
+    """LAMINA_MAX_ASYNC_PAYLOAD_BYTES: largest event of an asynchronous invocation, in bytes
+    (413 beyond). 256 KB is Lambda's limit for async events, and every queued event is stored."""
+
+    idempotency_window_s: float = 3600.0
+    """LAMINA_IDEMPOTENCY_WINDOW_S: seconds during which an async request repeating an
+    `Idempotency-Key` gets the first invocation's id instead of a new invocation. One hour
+    (Powertools' default expiry) covers a client's retries after a timeout or a crash."""
+
+    max_event_age_s: float = 6 * 3600.0
+    """LAMINA_MAX_EVENT_AGE_S: seconds an async invocation throttled or hit by platform errors
+    keeps being retried (with backoff) before it is dead-lettered. Six hours, as Lambda."""
+
+    async_concurrency: int = 32
+    """LAMINA_ASYNC_CONCURRENCY: async invocations this gateway's dispatcher runs at once;
+    more stay queued for any replica to take. Bounds one replica's share of the fleet."""
+
+    async_lease_s: float = 30.0
+    """LAMINA_ASYNC_LEASE_S: seconds a dispatcher's lease on an invocation lasts; it is
+    extended every third of it while the handler runs, so a crashed gateway's invocations are
+    redelivered within this time, and a slow handler is never run twice."""
+
+    async_poll_interval_s: float = 0.5
+    """LAMINA_ASYNC_POLL_INTERVAL_S: seconds between the dispatcher's looks for due
+    invocations when it found none (an invocation accepted by this gateway wakes it at once).
+    Bounds the delay of retries and of invocations accepted by other replicas."""
+
+    async_dispatch: bool = True
+    """LAMINA_ASYNC_DISPATCH: run the async dispatcher in this gateway. Off for a gateway
+    that should only accept invocations (another replica runs them)."""
+
 
 @dataclass(frozen=True)
 class InvokerSettings(CommonSettings):

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class FunctionSpec(_message.Message):
-    __slots__ = ("name", "runtime", "handler", "memory_mb", "timeout_s", "environment", "code_sha256", "description", "egress", "min_scale", "max_scale", "concurrency", "keep_alive_s")
+    __slots__ = ("name", "runtime", "handler", "memory_mb", "timeout_s", "environment", "code_sha256", "description", "egress", "min_scale", "max_scale", "concurrency", "keep_alive_s", "max_retries", "retry_delay_s")
     class EnvironmentEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +29,8 @@ class FunctionSpec(_message.Message):
     MAX_SCALE_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     KEEP_ALIVE_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_RETRIES_FIELD_NUMBER: _ClassVar[int]
+    RETRY_DELAY_S_FIELD_NUMBER: _ClassVar[int]
     name: str
     runtime: str
     handler: str
@@ -42,7 +44,9 @@ class FunctionSpec(_message.Message):
     max_scale: int
     concurrency: int
     keep_alive_s: int
-    def __init__(self, name: _Optional[str] = ..., runtime: _Optional[str] = ..., handler: _Optional[str] = ..., memory_mb: _Optional[int] = ..., timeout_s: _Optional[int] = ..., environment: _Optional[_Mapping[str, str]] = ..., code_sha256: _Optional[str] = ..., description: _Optional[str] = ..., egress: _Optional[str] = ..., min_scale: _Optional[int] = ..., max_scale: _Optional[int] = ..., concurrency: _Optional[int] = ..., keep_alive_s: _Optional[int] = ...) -> None: ...
+    max_retries: int
+    retry_delay_s: float
+    def __init__(self, name: _Optional[str] = ..., runtime: _Optional[str] = ..., handler: _Optional[str] = ..., memory_mb: _Optional[int] = ..., timeout_s: _Optional[int] = ..., environment: _Optional[_Mapping[str, str]] = ..., code_sha256: _Optional[str] = ..., description: _Optional[str] = ..., egress: _Optional[str] = ..., min_scale: _Optional[int] = ..., max_scale: _Optional[int] = ..., concurrency: _Optional[int] = ..., keep_alive_s: _Optional[int] = ..., max_retries: _Optional[int] = ..., retry_delay_s: _Optional[float] = ...) -> None: ...
 
 class Function(_message.Message):
     __slots__ = ("spec", "revision", "code_size", "created_at", "updated_at")
@@ -387,6 +391,183 @@ class QueryRecordsResponse(_message.Message):
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     records: _containers.RepeatedCompositeFieldContainer[InvocationRecord]
     def __init__(self, records: _Optional[_Iterable[_Union[InvocationRecord, _Mapping]]] = ...) -> None: ...
+
+class AsyncInvocation(_message.Message):
+    __slots__ = ("id", "function", "payload", "state", "attempts", "created_at", "enqueued_at", "due_at", "started_at", "finished_at", "updated_at", "lease_token", "idempotency_key", "callback_url", "result", "error_type", "error_message", "logs")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    ENQUEUED_AT_FIELD_NUMBER: _ClassVar[int]
+    DUE_AT_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    CALLBACK_URL_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_TYPE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    LOGS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    function: str
+    payload: bytes
+    state: str
+    attempts: int
+    created_at: float
+    enqueued_at: float
+    due_at: float
+    started_at: float
+    finished_at: float
+    updated_at: float
+    lease_token: str
+    idempotency_key: str
+    callback_url: str
+    result: bytes
+    error_type: str
+    error_message: str
+    logs: str
+    def __init__(self, id: _Optional[str] = ..., function: _Optional[str] = ..., payload: _Optional[bytes] = ..., state: _Optional[str] = ..., attempts: _Optional[int] = ..., created_at: _Optional[float] = ..., enqueued_at: _Optional[float] = ..., due_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., lease_token: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., callback_url: _Optional[str] = ..., result: _Optional[bytes] = ..., error_type: _Optional[str] = ..., error_message: _Optional[str] = ..., logs: _Optional[str] = ...) -> None: ...
+
+class EnqueueInvocationRequest(_message.Message):
+    __slots__ = ("function", "payload", "idempotency_key", "idempotency_window_s", "callback_url")
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    CALLBACK_URL_FIELD_NUMBER: _ClassVar[int]
+    function: str
+    payload: bytes
+    idempotency_key: str
+    idempotency_window_s: float
+    callback_url: str
+    def __init__(self, function: _Optional[str] = ..., payload: _Optional[bytes] = ..., idempotency_key: _Optional[str] = ..., idempotency_window_s: _Optional[float] = ..., callback_url: _Optional[str] = ...) -> None: ...
+
+class EnqueueInvocationResponse(_message.Message):
+    __slots__ = ("invocation", "created")
+    INVOCATION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    invocation: AsyncInvocation
+    created: bool
+    def __init__(self, invocation: _Optional[_Union[AsyncInvocation, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class LeaseInvocationsRequest(_message.Message):
+    __slots__ = ("limit", "lease_s", "concurrency")
+    class ConcurrencyEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    LEASE_S_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    lease_s: float
+    concurrency: _containers.ScalarMap[str, int]
+    def __init__(self, limit: _Optional[int] = ..., lease_s: _Optional[float] = ..., concurrency: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class LeaseInvocationsResponse(_message.Message):
+    __slots__ = ("invocations",)
+    INVOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    invocations: _containers.RepeatedCompositeFieldContainer[AsyncInvocation]
+    def __init__(self, invocations: _Optional[_Iterable[_Union[AsyncInvocation, _Mapping]]] = ...) -> None: ...
+
+class ExtendLeaseRequest(_message.Message):
+    __slots__ = ("id", "lease_token", "lease_s")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    LEASE_S_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    lease_token: str
+    lease_s: float
+    def __init__(self, id: _Optional[str] = ..., lease_token: _Optional[str] = ..., lease_s: _Optional[float] = ...) -> None: ...
+
+class ExtendLeaseResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReleaseInvocationRequest(_message.Message):
+    __slots__ = ("id", "lease_token", "action", "delay_s", "count_attempt", "result", "error_type", "error_message", "logs")
+    class Action(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        ACTION_UNSPECIFIED: _ClassVar[ReleaseInvocationRequest.Action]
+        COMPLETE: _ClassVar[ReleaseInvocationRequest.Action]
+        RETRY: _ClassVar[ReleaseInvocationRequest.Action]
+        DEAD_LETTER: _ClassVar[ReleaseInvocationRequest.Action]
+    ACTION_UNSPECIFIED: ReleaseInvocationRequest.Action
+    COMPLETE: ReleaseInvocationRequest.Action
+    RETRY: ReleaseInvocationRequest.Action
+    DEAD_LETTER: ReleaseInvocationRequest.Action
+    ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    DELAY_S_FIELD_NUMBER: _ClassVar[int]
+    COUNT_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_TYPE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    LOGS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    lease_token: str
+    action: ReleaseInvocationRequest.Action
+    delay_s: float
+    count_attempt: bool
+    result: bytes
+    error_type: str
+    error_message: str
+    logs: str
+    def __init__(self, id: _Optional[str] = ..., lease_token: _Optional[str] = ..., action: _Optional[_Union[ReleaseInvocationRequest.Action, str]] = ..., delay_s: _Optional[float] = ..., count_attempt: _Optional[bool] = ..., result: _Optional[bytes] = ..., error_type: _Optional[str] = ..., error_message: _Optional[str] = ..., logs: _Optional[str] = ...) -> None: ...
+
+class GetInvocationRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class CancelInvocationRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class ListDeadLettersRequest(_message.Message):
+    __slots__ = ("function", "limit")
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    function: str
+    limit: int
+    def __init__(self, function: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListDeadLettersResponse(_message.Message):
+    __slots__ = ("invocations",)
+    INVOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    invocations: _containers.RepeatedCompositeFieldContainer[AsyncInvocation]
+    def __init__(self, invocations: _Optional[_Iterable[_Union[AsyncInvocation, _Mapping]]] = ...) -> None: ...
+
+class RedriveDeadLettersRequest(_message.Message):
+    __slots__ = ("function", "ids")
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    function: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, function: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PurgeDeadLettersRequest(_message.Message):
+    __slots__ = ("function",)
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    function: str
+    def __init__(self, function: _Optional[str] = ...) -> None: ...
+
+class DeadLettersCount(_message.Message):
+    __slots__ = ("count",)
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    def __init__(self, count: _Optional[int] = ...) -> None: ...
 
 class GetMetricsRequest(_message.Message):
     __slots__ = ()

@@ -124,6 +124,51 @@ class ControllerStub:
                 request_serializer=lamina_dot_v1_dot_controller__pb2.QueryRecordsRequest.SerializeToString,
                 response_deserializer=lamina_dot_v1_dot_controller__pb2.QueryRecordsResponse.FromString,
                 _registered_method=True)
+        self.EnqueueInvocation = channel.unary_unary(
+                '/lamina.v1.Controller/EnqueueInvocation',
+                request_serializer=lamina_dot_v1_dot_controller__pb2.EnqueueInvocationRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_controller__pb2.EnqueueInvocationResponse.FromString,
+                _registered_method=True)
+        self.LeaseInvocations = channel.unary_unary(
+                '/lamina.v1.Controller/LeaseInvocations',
+                request_serializer=lamina_dot_v1_dot_controller__pb2.LeaseInvocationsRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_controller__pb2.LeaseInvocationsResponse.FromString,
+                _registered_method=True)
+        self.ExtendLease = channel.unary_unary(
+                '/lamina.v1.Controller/ExtendLease',
+                request_serializer=lamina_dot_v1_dot_controller__pb2.ExtendLeaseRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_controller__pb2.ExtendLeaseResponse.FromString,
+                _registered_method=True)
+        self.ReleaseInvocation = channel.unary_unary(
+                '/lamina.v1.Controller/ReleaseInvocation',
+                request_serializer=lamina_dot_v1_dot_controller__pb2.ReleaseInvocationRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_controller__pb2.AsyncInvocation.FromString,
+                _registered_method=True)
+        self.GetInvocation = channel.unary_unary(
+                '/lamina.v1.Controller/GetInvocation',
+                request_serializer=lamina_dot_v1_dot_controller__pb2.GetInvocationRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_controller__pb2.AsyncInvocation.FromString,
+                _registered_method=True)
+        self.CancelInvocation = channel.unary_unary(
+                '/lamina.v1.Controller/CancelInvocation',
+                request_serializer=lamina_dot_v1_dot_controller__pb2.CancelInvocationRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_controller__pb2.AsyncInvocation.FromString,
+                _registered_method=True)
+        self.ListDeadLetters = channel.unary_unary(
+                '/lamina.v1.Controller/ListDeadLetters',
+                request_serializer=lamina_dot_v1_dot_controller__pb2.ListDeadLettersRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_controller__pb2.ListDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.RedriveDeadLetters = channel.unary_unary(
+                '/lamina.v1.Controller/RedriveDeadLetters',
+                request_serializer=lamina_dot_v1_dot_controller__pb2.RedriveDeadLettersRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_controller__pb2.DeadLettersCount.FromString,
+                _registered_method=True)
+        self.PurgeDeadLetters = channel.unary_unary(
+                '/lamina.v1.Controller/PurgeDeadLetters',
+                request_serializer=lamina_dot_v1_dot_controller__pb2.PurgeDeadLettersRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_controller__pb2.DeadLettersCount.FromString,
+                _registered_method=True)
         self.GetMetrics = channel.unary_unary(
                 '/lamina.v1.Controller/GetMetrics',
                 request_serializer=lamina_dot_v1_dot_controller__pb2.GetMetricsRequest.SerializeToString,
@@ -242,6 +287,60 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EnqueueInvocation(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LeaseInvocations(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExtendLease(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseInvocation(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetInvocation(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelInvocation(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeadLetters(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RedriveDeadLetters(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PurgeDeadLetters(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetMetrics(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -340,6 +439,51 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.QueryRecords,
                     request_deserializer=lamina_dot_v1_dot_controller__pb2.QueryRecordsRequest.FromString,
                     response_serializer=lamina_dot_v1_dot_controller__pb2.QueryRecordsResponse.SerializeToString,
+            ),
+            'EnqueueInvocation': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnqueueInvocation,
+                    request_deserializer=lamina_dot_v1_dot_controller__pb2.EnqueueInvocationRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_controller__pb2.EnqueueInvocationResponse.SerializeToString,
+            ),
+            'LeaseInvocations': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaseInvocations,
+                    request_deserializer=lamina_dot_v1_dot_controller__pb2.LeaseInvocationsRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_controller__pb2.LeaseInvocationsResponse.SerializeToString,
+            ),
+            'ExtendLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExtendLease,
+                    request_deserializer=lamina_dot_v1_dot_controller__pb2.ExtendLeaseRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_controller__pb2.ExtendLeaseResponse.SerializeToString,
+            ),
+            'ReleaseInvocation': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseInvocation,
+                    request_deserializer=lamina_dot_v1_dot_controller__pb2.ReleaseInvocationRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_controller__pb2.AsyncInvocation.SerializeToString,
+            ),
+            'GetInvocation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInvocation,
+                    request_deserializer=lamina_dot_v1_dot_controller__pb2.GetInvocationRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_controller__pb2.AsyncInvocation.SerializeToString,
+            ),
+            'CancelInvocation': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelInvocation,
+                    request_deserializer=lamina_dot_v1_dot_controller__pb2.CancelInvocationRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_controller__pb2.AsyncInvocation.SerializeToString,
+            ),
+            'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeadLetters,
+                    request_deserializer=lamina_dot_v1_dot_controller__pb2.ListDeadLettersRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_controller__pb2.ListDeadLettersResponse.SerializeToString,
+            ),
+            'RedriveDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedriveDeadLetters,
+                    request_deserializer=lamina_dot_v1_dot_controller__pb2.RedriveDeadLettersRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_controller__pb2.DeadLettersCount.SerializeToString,
+            ),
+            'PurgeDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeDeadLetters,
+                    request_deserializer=lamina_dot_v1_dot_controller__pb2.PurgeDeadLettersRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_controller__pb2.DeadLettersCount.SerializeToString,
             ),
             'GetMetrics': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMetrics,
@@ -833,6 +977,249 @@ class Controller:
             '/lamina.v1.Controller/QueryRecords',
             lamina_dot_v1_dot_controller__pb2.QueryRecordsRequest.SerializeToString,
             lamina_dot_v1_dot_controller__pb2.QueryRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnqueueInvocation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.Controller/EnqueueInvocation',
+            lamina_dot_v1_dot_controller__pb2.EnqueueInvocationRequest.SerializeToString,
+            lamina_dot_v1_dot_controller__pb2.EnqueueInvocationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeaseInvocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.Controller/LeaseInvocations',
+            lamina_dot_v1_dot_controller__pb2.LeaseInvocationsRequest.SerializeToString,
+            lamina_dot_v1_dot_controller__pb2.LeaseInvocationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExtendLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.Controller/ExtendLease',
+            lamina_dot_v1_dot_controller__pb2.ExtendLeaseRequest.SerializeToString,
+            lamina_dot_v1_dot_controller__pb2.ExtendLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseInvocation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.Controller/ReleaseInvocation',
+            lamina_dot_v1_dot_controller__pb2.ReleaseInvocationRequest.SerializeToString,
+            lamina_dot_v1_dot_controller__pb2.AsyncInvocation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInvocation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.Controller/GetInvocation',
+            lamina_dot_v1_dot_controller__pb2.GetInvocationRequest.SerializeToString,
+            lamina_dot_v1_dot_controller__pb2.AsyncInvocation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelInvocation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.Controller/CancelInvocation',
+            lamina_dot_v1_dot_controller__pb2.CancelInvocationRequest.SerializeToString,
+            lamina_dot_v1_dot_controller__pb2.AsyncInvocation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.Controller/ListDeadLetters',
+            lamina_dot_v1_dot_controller__pb2.ListDeadLettersRequest.SerializeToString,
+            lamina_dot_v1_dot_controller__pb2.ListDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedriveDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.Controller/RedriveDeadLetters',
+            lamina_dot_v1_dot_controller__pb2.RedriveDeadLettersRequest.SerializeToString,
+            lamina_dot_v1_dot_controller__pb2.DeadLettersCount.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.Controller/PurgeDeadLetters',
+            lamina_dot_v1_dot_controller__pb2.PurgeDeadLettersRequest.SerializeToString,
+            lamina_dot_v1_dot_controller__pb2.DeadLettersCount.FromString,
             options,
             channel_credentials,
             insecure,

@@ -13,7 +13,8 @@ from controller.store.schema import metadata
 from lamina.core.errors import Unavailable
 from tests.conftest import free_port
 
-TABLES = {"functions", "revision_counter", "code_blobs", "api_keys", "invokers", "log_records", "invocation_records"}
+TABLES = {"functions", "revision_counter", "code_blobs", "api_keys", "invokers", "log_records", "invocation_records",
+          "async_invocations"}
 
 
 def _inspect(url: str):  # type: ignore[no-untyped-def]

@@ -46,6 +46,9 @@ def test_invalid_names_are_refused_with_the_name(name):
         ({"min_scale": 5, "concurrency": 2}, "min_scale 5 is more than the reserved concurrency 2"),
         ({"keep_alive_s": -1}, "keep_alive -1 s is out of range 0..86400"),
         ({"keep_alive_s": 86401}, "keep_alive 86401 s is out of range"),
+        ({"max_retries": 3}, "max_retries 3 is out of range 0..2"),
+        ({"max_retries": -1}, "max_retries -1 is out of range"),
+        ({"retry_delay_s": -0.5}, "retry_delay -0.5 s is out of range 0..3600 s"),
     ],
 )
 def test_each_bad_field_is_named(changes, message):
@@ -55,7 +58,7 @@ def test_each_bad_field_is_named(changes, message):
 
 def test_a_valid_spec_passes_and_code_may_come_later():
     good = spec(handler="src/app.handler", memory_mb=10240, timeout_s=900, environment={"K": "v" * 4000}, egress="none",
-                min_scale=2, max_scale=1000, concurrency=2, keep_alive_s=86400)
+                min_scale=2, max_scale=1000, concurrency=2, keep_alive_s=86400, max_retries=0, retry_delay_s=3600)
     assert validate_spec(spec(runtime="nodejs20", handler="index.handler")).runtime == "nodejs20"
     assert validate_spec(good) is good
     assert validate_spec(spec(code_sha256=""), require_code=False).name == "hello"

@@ -73,7 +73,7 @@ def test_create_get_list_delete(management: Stack):
         assert created.headers["etag"] == f'"{fn["revision"]}"'
         assert (fn["min_scale"], fn["max_scale"], fn["concurrency"], fn["keep_alive_s"]) == (1, 8, 4, 30)
         assert set(fn) == {"name", "runtime", "handler", "memory_mb", "timeout_s", "environment", "description", "egress",
-                           "min_scale", "max_scale", "concurrency", "keep_alive_s", "code_sha256", "code_size", "revision", "created_at", "updated_at"}
+                           "min_scale", "max_scale", "concurrency", "keep_alive_s", "max_retries", "retry_delay_s", "code_sha256", "code_size", "revision", "created_at", "updated_at"}
 
         again = api.post("/api/v1/functions", files=deploy_form(spec, HELLO))
         assert again.status_code == 409 and error_of(again)[0] == "Conflict"
