@@ -152,7 +152,7 @@ class Dispatcher:
             fn = self._state.cache.get(inv.function) or await self._state.cache.resolve(inv.function)
             if age > self._settings.max_event_age_s:
                 raise _TooOld
-            result = await run(self._state, fn, inv.id, inv.payload, None)
+            result = await run(self._state, fn, inv.id, inv.payload, None, attempt=inv.attempts)
         except _TooOld:
             metrics.async_outcomes.labels(inv.function, "dead-lettered").inc()
             return await queue.dead_letter(inv.id, inv.lease_token, Report(

@@ -219,7 +219,7 @@ class InvokerClients:
 
     async def invoke(
         self, address: str, function: Function, request_id: str, payload: bytes, timeout: float,
-        *, patient: bool = True,
+        *, patient: bool = True, attempt: int = 0,
     ) -> InvocationResult:
         """Run ``function`` once on the invoker at ``address``.
 
@@ -231,7 +231,8 @@ class InvokerClients:
         """
         conn = self._connection(address)
         request = pb.InvokeRequest(
-            function=function.name, revision=function.revision, request_id=request_id, payload=payload
+            function=function.name, revision=function.revision, request_id=request_id, payload=payload,
+            attempt=attempt,
         )
         stream = await self._stream(conn, patient)
         if stream is not None:

@@ -189,7 +189,7 @@ class WorkerPool:
 
     # invocations: the hot path
 
-    async def invoke(self, spec: WorkerSpec, request_id: str, payload: bytes) -> InvocationResult:
+    async def invoke(self, spec: WorkerSpec, request_id: str, payload: bytes, attempt: int = 0) -> InvocationResult:
         """Run one invocation on a warm worker of ``spec`` or a new one; always a result.
 
         Raises ``LimitExceeded`` when no worker (``max_scale``) or no memory became free
@@ -199,7 +199,7 @@ class WorkerPool:
         self.metrics.in_flight.inc()
         started = time.monotonic()
         try:
-            result = await worker.invoke(request_id, payload)
+            result = await worker.invoke(request_id, payload, attempt)
         finally:
             self._busy.discard(worker)
             self.metrics.in_flight.dec()

@@ -46,13 +46,14 @@ class InvokerServicer(pb_grpc.InvokerServicer):
         self._interpreters = interpreters
         self._records = records
 
-    async def invoke(self, function: str, revision: int, request_id: str, payload: bytes) -> InvocationResult:
+    async def invoke(self, function: str, revision: int, request_id: str, payload: bytes,
+                     attempt: int = 0) -> InvocationResult:
         """Run ``function`` (at least at ``revision``) once and bill it. Raises ``LaminaError``
         for platform failures only (nothing ran, nothing is billed)."""
         start = time.time()
         request_id = request_id or str(uuid.uuid4())
         fn = await self._functions.resolve(function, min_revision=revision)
-        result = await self._run(fn, request_id, payload)
+        result = await self._run(fn, request_id, payload, attempt)
         record = InvocationRecord.of(result, request_id=request_id, function=fn.name, revision=fn.revision,
                                      memory_mb=fn.spec.memory_mb, start=start)
         self._pool.metrics.bill(record)
@@ -60,7 +61,7 @@ class InvokerServicer(pb_grpc.InvokerServicer):
             self._records(record)
         return result
 
-    async def _run(self, fn: Function, request_id: str, payload: bytes) -> InvocationResult:
+    async def _run(self, fn: Function, request_id: str, payload: bytes, attempt: int) -> InvocationResult:
         runtime = fn.spec.runtime
         if runtime in self._interpreters:
             interpreter = self._interpreters.find(runtime)
@@ -77,7 +78,7 @@ class InvokerServicer(pb_grpc.InvokerServicer):
             return result
         code_dir = await self._code.ensure(fn.spec.code_sha256)
         spec = WorkerSpec.of(fn, code_dir, interpreter)
-        return await self._pool.invoke(spec, request_id, payload)
+        return await self._pool.invoke(spec, request_id, payload, attempt)
 
     async def worker_spec(self, fn: Function) -> WorkerSpec | None:
         """The worker spec of ``fn``, its code fetched, for a worker started ahead of any call
@@ -89,7 +90,8 @@ class InvokerServicer(pb_grpc.InvokerServicer):
 
     async def Invoke(self, request: pb.InvokeRequest, context: grpc.aio.ServicerContext) -> pb.InvokeResponse:
         try:
-            result = await self.invoke(request.function, request.revision, request.request_id, request.payload)
+            result = await self.invoke(request.function, request.revision, request.request_id, request.payload,
+                                       request.attempt)
         except LaminaError as exc:
             await context.abort(wire.grpc_status(exc), exc.message)
         return wire.result_to_pb(result)

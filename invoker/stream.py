@@ -76,7 +76,7 @@ class _Connection(asyncio.Protocol):
     async def _invoke(self, tag: int, request: pb.InvokeRequest) -> None:
         try:
             result = await self._servicer.invoke(request.function, request.revision, request.request_id,
-                                                 request.payload)
+                                                 request.payload, request.attempt)
         except LaminaError as exc:
             frame = pb.InvokeStreamFrame(tag=tag, error=pb.StreamError(code=exc.code, message=exc.message))
         except Exception as exc:  # the gRPC server would answer INTERNAL; so does the stream

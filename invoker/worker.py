@@ -246,7 +246,7 @@ class Worker:
 
     # the invocation
 
-    async def invoke(self, request_id: str, payload: bytes) -> InvocationResult:
+    async def invoke(self, request_id: str, payload: bytes, attempt: int = 0) -> InvocationResult:
         """Run one invocation, starting the process first if this is its cold start. Always
         returns a result; a failed worker is left with ``reusable`` False (and is dead)."""
         self._capture, self._request_id = LogCapture(self._cap), request_id
@@ -260,7 +260,7 @@ class Worker:
                     return self._finish(failure, cold, init_ms, 0.0)
             self._report(f"START RequestId: {request_id} Version: $LATEST")
             header = {"type": "invoke", "request_id": request_id, "invoked_function_arn": self.spec.arn,
-                      "deadline_ms": time.time() * 1000 + self.spec.timeout_s * 1000}
+                      "deadline_ms": time.time() * 1000 + self.spec.timeout_s * 1000, "attempt": attempt or 1}
             began = time.monotonic()
             try:
                 reply, body = await self._exchange(header, payload)

@@ -48,7 +48,8 @@ async def resolve(request: Request, name: str) -> Function:
     return cache.get(name) or await cache.resolve(name)
 
 
-async def run(state: State, fn: Function, request_id: str, payload: bytes, receive: Receive) -> InvocationResult:
+async def run(state: State, fn: Function, request_id: str, payload: bytes, receive: Receive | None, *,
+              attempt: int = 0) -> InvocationResult:
     """Invoke once, within the function's reserved concurrency when it has one (the same path
     for every sync route), recording the outcome and duration.
 
@@ -62,7 +63,7 @@ async def run(state: State, fn: Function, request_id: str, payload: bytes, recei
             gate = await state.limiter.acquire(fn, receive)
         started = time.perf_counter()
         try:
-            result = await state.balancer.invoke(fn, request_id, payload)
+            result = await state.balancer.invoke(fn, request_id, payload, attempt=attempt)
         finally:
             if gate is not None:  # also when cancelled: a slot is never lost
                 state.limiter.release(gate, time.perf_counter() - started)

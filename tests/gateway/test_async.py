@@ -16,6 +16,15 @@ from tests.gateway.conftest import Stack, deploy_form, start_stack
 
 ECHO = make_zip({"app.py": "def handler(event, context):\n    return {'event': event, 'id': context.aws_request_id}\n"})
 BOOM = make_zip({"app.py": "def handler(event, context):\n    print('about to fail')\n    raise ValueError('always')\n"})
+# Fails on its first delivery, succeeds on the second: what it saw of both, in /tmp (kept by its warm worker).
+FLAKY = make_zip({"app.py": "import json, os\n"
+                            "def handler(event, context):\n"
+                            "    seen = f'/tmp/{context.invocation_id}'\n"
+                            "    with open(seen, 'a') as f:\n"
+                            "        f.write(f'{context.aws_request_id} {context.attempt}\\n')\n"
+                            "    if context.attempt < 2:\n"
+                            "        raise RuntimeError('first delivery fails')\n"
+                            "    return open(seen).read().split()\n"})
 SLOW = make_zip({"app.py": "import time\ndef handler(event, context):\n    time.sleep(event.get('s', 2))\n"
                            "    return 'slept'\n"})
 
@@ -28,7 +37,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         s.wait_ready()
         with s.api() as api:
             for name, code, extra in (("echo", ECHO, {}), ("boom", BOOM, {"max_retries": 1, "retry_delay_s": 0.2}),
-                                      ("slow", SLOW, {"concurrency": 1, "timeout_s": 10})):
+                                      ("slow", SLOW, {"concurrency": 1, "timeout_s": 10}),
+                                      ("flaky", FLAKY, {"max_retries": 2, "retry_delay_s": 0.1})):
                 response = api.put(f"/api/v1/functions/{name}", files=deploy_form({"name": name, **extra}, code))
                 assert response.status_code in (200, 201), response.text
         yield s
@@ -64,6 +74,14 @@ def test_accepted_with_202_and_an_id_then_run(stack: Stack):
         by_query = api.post("/api/v1/functions/echo/invoke?InvocationType=Event", content=b'{"k": 3}')
         assert by_query.status_code == 202
         assert 'lamina_gateway_async_accepted_total{function="echo"} 3.0' in http.get("/metrics").text
+
+
+def test_the_handler_sees_the_invocation_id_and_its_attempt_number(stack: Stack):
+    with stack.http() as http, stack.api() as api:
+        inv_id = http.post("/async-function/flaky", json={}).json()["id"]
+        done = wait_state(api, inv_id, "succeeded")
+    assert done["attempts"] == 2
+    assert done["result"] == [inv_id, "1", inv_id, "2"]  # the same id on both deliveries, attempts 1 and 2
 
 
 def test_unknown_function_404_and_oversized_event_413(stack: Stack):

@@ -81,9 +81,10 @@ class StemCell:
         self.channel.send({"type": "init", "handler": handler, "code_dir": str(code_dir), "environment": env})
         return self.channel.recv()[0]
 
-    def invoke(self, event: object = None, request_id: str = "", timeout_s: float = 10) -> tuple[dict, bytes]:
+    def invoke(self, event: object = None, request_id: str = "", timeout_s: float = 10,
+               attempt: int = 1) -> tuple[dict, bytes]:
         self.channel.send({"type": "invoke", "request_id": request_id or str(uuid.uuid4()), "invoked_function_arn": ARN,
-                           "deadline_ms": time.time() * 1000 + timeout_s * 1000},
+                           "deadline_ms": time.time() * 1000 + timeout_s * 1000, "attempt": attempt},
                           json.dumps(event if event is not None else {}).encode())
         return self.channel.recv()
 
@@ -171,17 +172,18 @@ def test_async_handler_gets_lambdas_context_in_its_code_dir(stem_cell, tmp_path:
           invokedFunctionArn: context.invokedFunctionArn, logGroupName: context.logGroupName,
           logStreamName: context.logStreamName, waits: context.callbackWaitsForEmptyEventLoop,
           noIdentity: 'identity' in context && context.identity === undefined && context.clientContext === undefined,
+          invocationId: context.invocationId, attempt: context.attempt,
         });
     """})
     assert cell.init(code) == {"type": "init_ok"}
-    reply, body = cell.invoke({"name": "ada"}, request_id="req-1", timeout_s=5)
+    reply, body = cell.invoke({"name": "ada"}, request_id="req-1", timeout_s=5, attempt=2)
     assert reply == {"type": "result"}
     result = json.loads(body)
     assert 0 < result.pop("remaining") <= 5000
     assert result == {"event": {"name": "ada"}, "cwd": str(code), "awsRequestId": "req-1", "functionName": "fn",
                       "functionVersion": "$LATEST", "memoryLimitInMB": "256", "invokedFunctionArn": ARN,
                       "logGroupName": "/aws/lambda/fn", "logStreamName": "2024/01/01/[$LATEST]abc",
-                      "waits": True, "noIdentity": True}
+                      "waits": True, "noIdentity": True, "invocationId": "req-1", "attempt": 2}
 
 
 @pytest.mark.parametrize("files, handler", [

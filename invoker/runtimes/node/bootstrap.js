@@ -15,7 +15,7 @@
  * "fatal" on error frames.
  *
  *   invoker → worker  {"type": "init", "handler": "src/app.handler", "code_dir": "/abs", "environment": {…}}
- *                     {"type": "invoke", "request_id", "deadline_ms", "invoked_function_arn"} + event JSON
+ *                     {"type": "invoke", "request_id", "deadline_ms", "invoked_function_arn", "attempt"} + event JSON
  *   worker → invoker  {"type": "ready", "pid", "node"}   once, at start, before any other frame
  *                     {"type": "init_ok"} | {"type": "init_error", errorType, errorMessage, stackTrace}
  *                     {"type": "result"} + result JSON
@@ -415,6 +415,9 @@ function runHandler(handler, event, header, channel, setActive) {
       invokedFunctionArn: header.invoked_function_arn,
       memoryLimitInMB: env.AWS_LAMBDA_FUNCTION_MEMORY_SIZE || '128',
       awsRequestId: header.request_id,
+      // Lamina's additions: an async invocation keeps its id on every delivery; attempt counts from 1.
+      invocationId: header.request_id,
+      attempt: Number(header.attempt || 1),
       logGroupName: env.AWS_LAMBDA_LOG_GROUP_NAME || '',
       logStreamName: env.AWS_LAMBDA_LOG_STREAM_NAME || '',
       identity: undefined,

@@ -10,7 +10,7 @@ Lamina and grpc) away from user code. ``<fd>`` is one end of a unix socketpair.
 Frames, both ways: ``>II`` (header length, body length), a JSON header, raw body bytes.
 
     invoker → worker   {"type": "init", "handler": "app.handler"}
-                       {"type": "invoke", "request_id", "deadline_ms", "invoked_function_arn"} + event JSON
+                       {"type": "invoke", "request_id", "deadline_ms", "invoked_function_arn", "attempt"} + event JSON
     worker → invoker   {"type": "init_ok"} | {"type": "init_error", errorType, errorMessage, stackTrace}
                        {"type": "result"} + result JSON
                        {"type": "error", errorType, errorMessage, stackTrace, "oom": bool}
@@ -80,8 +80,12 @@ class Channel:
 class LambdaContext:
     """The context object of AWS Lambda's Python runtime."""
 
-    def __init__(self, request_id, deadline_ms, invoked_function_arn):
+    def __init__(self, request_id, deadline_ms, invoked_function_arn, attempt=1):
         self.aws_request_id = request_id
+        #: Lamina's additions, so a handler can be idempotent: an async invocation keeps its
+        #: id (= aws_request_id) on every delivery; ``attempt`` counts deliveries from 1.
+        self.invocation_id = request_id
+        self.attempt = attempt
         self.invoked_function_arn = invoked_function_arn
         self.function_name = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "")
         self.function_version = os.environ.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
@@ -143,7 +147,8 @@ def invoke(function, header, body):
         event = json.loads(body) if body else {}
     except ValueError as exc:
         return _error("Runtime.UnmarshalError", f"Unable to unmarshal input: {exc}"), b""
-    context = LambdaContext(header["request_id"], header["deadline_ms"], header["invoked_function_arn"])
+    context = LambdaContext(header["request_id"], header["deadline_ms"], header["invoked_function_arn"],
+                            header.get("attempt", 1))
     try:
         value = function(event, context)
     except MemoryError:
