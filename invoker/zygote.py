@@ -103,9 +103,9 @@ class _Forked:
             self._exited.set_result(-1)
 
     def kill(self) -> None:
-        if self.returncode is None:
+        if self.returncode is None and self._pidfd >= 0:  # through the pidfd: never a reused pid
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
 
     async def wait(self) -> int:
         return await asyncio.shield(self._exited)
