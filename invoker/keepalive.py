@@ -184,6 +184,7 @@ class KeepAlivePolicy:
         self.bins = max(1, round(range_s / bin_s))
         self._history: dict[str, _History] = {}
         self._windows: dict[str, Windows] = {}  # per function, valid until its next record()
+        self._overrides: dict[float, Windows] = {}  # per --keep-alive value
 
     def record(self, function: str, started_at: float, ended_at: float | None = None) -> None:
         """An invocation of `function` started at `started_at` (monotonic seconds); the idle time
@@ -196,6 +197,8 @@ class KeepAlivePolicy:
         The first invocation of a function only sets its reference point. Amortised O(1), plus a
         list insert (a memmove) when an idle time falls in a bin not seen before.
         """
+        if not self.adaptive:
+            return  # nothing to learn: the fixed window holds for every function
         h = self._history.get(function)
         if h is None:
             h = self._history[function] = _History(self.bin_s, self.bins, (self.head_pct, self.tail_pct))
@@ -212,8 +215,11 @@ class KeepAlivePolicy:
 
     def windows(self, function: str, override_s: float | None = None) -> Windows:
         """The windows for `function` now. `override_s` (the function's --keep-alive) wins: Windows(0, override_s, "override...")."""
-        if override_s is not None:
-            return Windows(0.0, override_s, f"override: --keep-alive {override_s:g}")
+        if override_s is not None:  # per invocation: built once per value
+            cached = self._overrides.get(override_s)
+            if cached is None:
+                cached = self._overrides[override_s] = Windows(0.0, override_s, f"override: --keep-alive {override_s:g}")
+            return cached
         cached = self._windows.get(function)
         if cached is None:
             cached = self._windows[function] = self._decide(self._history.get(function))
