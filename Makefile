@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test bench bench-peer bench-scale proto lint clean
+.PHONY: up test bench bench-peer bench-scale bench-cron proto lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ bench: $(STAMP)
 bench-scale: $(STAMP)
 	$(BIN)/python bench/autoscale.py
 	$(BIN)/python bench/keepalive_traces.py
+
+bench-cron: $(STAMP)
+	$(BIN)/python bench/cron_lag.py
 
 bench-peer: $(STAMP)
 	cd bench/peer && npm install --no-audit --no-fund --silent

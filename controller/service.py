@@ -31,6 +31,7 @@ from lamina.core.errors import InvalidSpec, LaminaError
 from lamina.core.functions import validate_name, validate_spec
 from lamina.core.logs import STREAMS, LogRecord
 from lamina.core.records import InvocationRecord
+from lamina.core.triggers import validate_trigger
 from lamina.rpc import controller_pb2 as pb
 from lamina.rpc import controller_pb2_grpc as pb_grpc
 
@@ -343,6 +344,60 @@ class ControllerServicer(pb_grpc.ControllerServicer):
     async def PurgeDeadLetters(self, request: pb.PurgeDeadLettersRequest, context: Any) -> pb.DeadLettersCount:
         count = await asyncio.to_thread(self._store.invocations.purge, validate_name(request.function))
         return pb.DeadLettersCount(count=count)
+
+    # cron triggers
+
+    @rpc
+    async def AddTrigger(self, request: pb.AddTriggerRequest, context: Any) -> pb.CronTrigger:
+        if request.min_interval_s < 0:
+            raise InvalidSpec(f"min_interval_s {request.min_interval_s} is negative")
+        spec = validate_trigger(wire.trigger_spec_from_pb(request.trigger), min_interval_s=request.min_interval_s)
+        return wire.trigger_to_pb(await asyncio.to_thread(self._store.triggers.add, spec))
+
+    @rpc
+    async def ListTriggers(self, request: pb.ListTriggersRequest, context: Any) -> pb.ListTriggersResponse:
+        function = validate_name(request.function) if request.function else ""
+        triggers = await asyncio.to_thread(self._store.triggers.list, function)
+        return pb.ListTriggersResponse(triggers=[wire.trigger_to_pb(t) for t in triggers])
+
+    @rpc
+    async def RemoveTrigger(self, request: pb.RemoveTriggerRequest, context: Any) -> pb.RemoveTriggerResponse:
+        await asyncio.to_thread(self._store.triggers.remove, validate_name(request.function), request.id)
+        return pb.RemoveTriggerResponse()
+
+    @rpc
+    async def AcquireLease(self, request: pb.AcquireLeaseRequest, context: Any) -> pb.LeaseState:
+        lease = await asyncio.to_thread(self._store.triggers.acquire_lease, request.name, request.holder, request.ttl_s)
+        return wire.lease_to_pb(lease)
+
+    @rpc
+    async def ReleaseLease(self, request: pb.ReleaseLeaseRequest, context: Any) -> pb.ReleaseLeaseResponse:
+        released = await asyncio.to_thread(self._store.triggers.release_lease, request.name, request.holder)
+        return pb.ReleaseLeaseResponse(released=released)
+
+    @rpc
+    async def ClaimFire(self, request: pb.ClaimFireRequest, context: Any) -> pb.ClaimFireResponse:
+        fire, claimed, previous = await asyncio.to_thread(
+            self._store.triggers.claim_fire, request.trigger_id, request.scheduled_at, lease=request.lease,
+            holder=request.holder, detail=request.detail)
+        response = pb.ClaimFireResponse(fire=wire.fire_to_pb(fire), claimed=claimed)
+        if previous is not None:
+            response.previous.CopyFrom(wire.fire_to_pb(previous))
+        return response
+
+    @rpc
+    async def FinishFire(self, request: pb.FinishFireRequest, context: Any) -> pb.CronFire:
+        fire = await asyncio.to_thread(self._store.triggers.finish_fire, request.id,
+                                       wire.fire_outcome(request.outcome), request.invocation_id, request.detail)
+        return wire.fire_to_pb(fire)
+
+    @rpc
+    async def ListFires(self, request: pb.ListFiresRequest, context: Any) -> pb.ListFiresResponse:
+        if request.limit < 0:
+            raise InvalidSpec(f"limit {request.limit} is negative")
+        fires = await asyncio.to_thread(self._store.triggers.list_fires, validate_name(request.function),
+                                        request.limit, trigger_id=request.trigger_id, outcome=request.outcome)
+        return pb.ListFiresResponse(fires=[wire.fire_to_pb(f) for f in fires])
 
     @rpc
     async def GetMetrics(self, request: pb.GetMetricsRequest, context: Any) -> pb.GetMetricsResponse:

@@ -23,7 +23,7 @@ from gateway.concurrency import ConcurrencyLimiter
 from gateway.invokers import InvokerClients
 from gateway.metrics import GatewayMetrics, RequestMetricsMiddleware
 from gateway.queues.database import DatabaseQueue
-from gateway.routes import asynchronous, functions, health, http, invocations, invoke, usage
+from gateway.routes import asynchronous, functions, health, http, invocations, invoke, triggers, usage
 from gateway.routes import metrics as metrics_routes
 from lamina.controller_client import ControllerClient
 from lamina.core.errors import InvalidSpec, LaminaError, LimitExceeded, NotFound, Unauthenticated
@@ -100,6 +100,8 @@ def create_app(
     app.state.queue = queue if queue is not None else DatabaseQueue(controller)
     #: Set by the server when this gateway runs the async dispatcher (woken on each enqueue).
     app.state.dispatcher = None
+    #: Set by the server when this gateway is a cron candidate (told when triggers change).
+    app.state.cron = None
 
     # The function URLs first: routes are tried in order, and this is the hot path.
     app.router.routes[0:0] = http.routes + asynchronous.routes
@@ -107,6 +109,7 @@ def create_app(
     included = [
         (functions.router, API_PREFIX, authenticated), (invoke.router, API_PREFIX, authenticated),
         (usage.router, API_PREFIX, authenticated), (invocations.router, API_PREFIX, authenticated),
+        (triggers.router, API_PREFIX, authenticated),
         (health.router, "", []), (metrics_routes.router, "", []),
     ]
     templates = {id(r.endpoint): r.path for r in app.router.routes if isinstance(r, Route)}

@@ -2,7 +2,7 @@
 
 ``GatewayServer`` owns the lifecycles: the controller channel, the function cache following
 the watch stream, the balancer refreshing the invoker set, the invoker channels, the async
-queue and its dispatcher, and uvicorn.
+queue and its dispatcher, the cron scheduler candidate, and uvicorn.
 It binds its own socket, so port 0 works and a port in use is an ``OSError`` raised by
 ``start()`` (uvicorn would ``sys.exit`` instead).
 """
@@ -22,6 +22,7 @@ from gateway import responses
 from gateway.app import create_app
 from gateway.balancer import Balancer
 from gateway.callbacks import Callbacks
+from gateway.cron import CronScheduler
 from gateway.dispatcher import Dispatcher
 from gateway.invokers import InvokerClients
 from gateway.metrics import GatewayMetrics
@@ -119,6 +120,7 @@ class GatewayServer:
         self.queue: InvocationQueue | None = None
         self.dispatcher: Dispatcher | None = None
         self.callbacks: Callbacks | None = None
+        self.cron: CronScheduler | None = None
 
     async def start(self) -> None:
         """Bind, start the background tasks and begin serving; return once accepting.
@@ -140,6 +142,10 @@ class GatewayServer:
         self.callbacks = Callbacks()
         if s.async_dispatch:
             self.dispatcher = app.state.dispatcher = Dispatcher(self.queue, app.state, s, self.callbacks)
+        if s.cron:
+            self.cron = app.state.cron = CronScheduler(
+                self.controller, self.queue, self.cache, s,
+                on_enqueue=self.dispatcher.wake if self.dispatcher is not None else None)
         config = uvicorn.Config(
             function_url_fast_path(app, self.metrics), lifespan="off", access_log=False, log_config=None, server_header=False,
             timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
@@ -153,6 +159,8 @@ class GatewayServer:
         ]
         if self.dispatcher is not None:
             self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="gateway-async-dispatcher"))
+        if self.cron is not None:
+            self._tasks.append(asyncio.create_task(self.cron.run(), name="gateway-cron"))
         try:
             await server.startup(sockets=[sock])
         except BaseException:

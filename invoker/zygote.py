@@ -119,6 +119,7 @@ class ZygoteMaster:
         self.process = process
         self._control = control
         self._lock = asyncio.Lock()
+        self._seq = 0
 
     @classmethod
     async def start(cls, interpreter: str) -> ZygoteMaster:
@@ -137,13 +138,21 @@ class ZygoteMaster:
         loop = asyncio.get_running_loop()
         try:
             async with self._lock:
-                socket.send_fds(self._control, [json.dumps({"type": "zygote", "config": config}).encode()],
+                self._seq += 1
+                seq = self._seq
+                socket.send_fds(self._control, [json.dumps({"type": "zygote", "config": config, "seq": seq}).encode()],
                                 [theirs.fileno()])
                 async with asyncio.timeout(READY_TIMEOUT_S):
-                    reply = json.loads(await loop.sock_recv(self._control, 65536) or b"{}")
+                    # A reply to an earlier request whose caller was cancelled is skipped.
+                    while (reply := json.loads(await loop.sock_recv(self._control, 65536) or b"{}")).get("seq") != seq:
+                        if not reply:
+                            raise OSError(0, "the master closed its control socket")
         except (OSError, TimeoutError, ValueError) as exc:
             ours.close()
             raise ZygoteError(0, f"the zygote master {self.process.pid} did not fork: {exc}") from exc
+        except BaseException:  # cancelled (the sandbox is closing): a zygote forked meanwhile exits
+            ours.close()       # when its control socket closes
+            raise
         finally:
             theirs.close()
         if reply.get("type") != "forked":

@@ -152,6 +152,27 @@ class Client:
     def purge(self, name: str) -> int:
         return self._request("DELETE", f"/api/v1/functions/{name}/dead-letters").json()["purged"]
 
+    # cron triggers
+
+    def add_trigger(self, name: str, schedule: str, *, tz: str = "UTC", payload: Any = None, overlap: str = "allow",
+                    missed: str = "skip") -> dict[str, Any]:
+        """Add a cron trigger to ``name`` (``payload``: any JSON value, None for a Scheduled Event)."""
+        body = {"schedule": schedule, "tz": tz, "payload": payload, "overlap": overlap, "missed": missed}
+        return self._request("POST", f"/api/v1/functions/{name}/triggers", json=body).json()
+
+    def triggers(self, name: str = "") -> list[dict[str, Any]]:
+        """The triggers of ``name``, or of every function."""
+        path = f"/api/v1/functions/{name}/triggers" if name else "/api/v1/triggers"
+        return self._request("GET", path).json()["triggers"]
+
+    def remove_trigger(self, name: str, trigger_id: str) -> None:
+        self._request("DELETE", f"/api/v1/functions/{name}/triggers/{trigger_id}")
+
+    def trigger_history(self, name: str, limit: int = 20, trigger_id: str = "") -> list[dict[str, Any]]:
+        """Recent fires of ``name``'s triggers, newest first, with their invocation's state."""
+        params: dict[str, Any] = {"limit": limit, **({"trigger": trigger_id} if trigger_id else {})}
+        return self._request("GET", f"/api/v1/functions/{name}/triggers/history", params=params).json()["fires"]
+
     def logs(self, name: str, *, request_id: str = "", after_id: int = 0, limit: int = 200) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"limit": limit, "after_id": after_id}
         if request_id:

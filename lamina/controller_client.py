@@ -21,6 +21,7 @@ from lamina.core.keys import Principal
 from lamina.core.logs import LogRecord
 from lamina.core.queue import Invocation, Report
 from lamina.core.records import FunctionUsage, InvocationRecord
+from lamina.core.triggers import Fire, FireOutcome, Lease, Trigger, TriggerSpec
 from lamina.rpc import controller_pb2 as pb
 from lamina.rpc import controller_pb2_grpc as pb_grpc
 
@@ -247,6 +248,48 @@ class ControllerClient:
 
     async def purge_dead_letters(self, function: str) -> int:
         return (await self._call(self._stub.PurgeDeadLetters, pb.PurgeDeadLettersRequest(function=function))).count
+
+    # cron triggers
+
+    async def add_trigger(self, spec: TriggerSpec, *, min_interval_s: float = 0.0) -> Trigger:
+        msg = pb.CronTrigger(function=spec.function, schedule=spec.schedule, timezone=spec.timezone,
+                             payload=spec.payload, overlap=spec.overlap.value, missed=spec.missed.value)
+        request = pb.AddTriggerRequest(trigger=msg, min_interval_s=min_interval_s)
+        return wire.trigger_from_pb(await self._call(self._stub.AddTrigger, request, timeout=10))
+
+    async def list_triggers(self, function: str = "") -> list[Trigger]:
+        msg = await self._call(self._stub.ListTriggers, pb.ListTriggersRequest(function=function), timeout=10)
+        return [wire.trigger_from_pb(t) for t in msg.triggers]
+
+    async def remove_trigger(self, function: str, trigger_id: str) -> None:
+        await self._call(self._stub.RemoveTrigger, pb.RemoveTriggerRequest(function=function, id=trigger_id), timeout=10)
+
+    async def acquire_lease(self, name: str, holder: str, ttl_s: float, *, timeout: float = 5.0) -> Lease:
+        request = pb.AcquireLeaseRequest(name=name, holder=holder, ttl_s=ttl_s)
+        return wire.lease_from_pb(await self._call(self._stub.AcquireLease, request, timeout=timeout))
+
+    async def release_lease(self, name: str, holder: str) -> bool:
+        request = pb.ReleaseLeaseRequest(name=name, holder=holder)
+        return (await self._call(self._stub.ReleaseLease, request, timeout=5)).released
+
+    async def claim_fire(self, trigger_id: str, scheduled_at: float, *, lease: str, holder: str,
+                         detail: str = "") -> tuple[Fire, bool, Fire | None]:
+        """Record the tick once (see ``SQLTriggerStore.claim_fire``): (fire, claimed, previous)."""
+        request = pb.ClaimFireRequest(trigger_id=trigger_id, scheduled_at=scheduled_at, lease=lease, holder=holder,
+                                      detail=detail)
+        msg = await self._call(self._stub.ClaimFire, request, timeout=10)
+        previous = wire.fire_from_pb(msg.previous) if msg.HasField("previous") else None
+        return wire.fire_from_pb(msg.fire), msg.claimed, previous
+
+    async def finish_fire(self, fire_id: int, outcome: FireOutcome, invocation_id: str = "",
+                          detail: str = "") -> Fire:
+        request = pb.FinishFireRequest(id=fire_id, outcome=outcome.value, invocation_id=invocation_id, detail=detail)
+        return wire.fire_from_pb(await self._call(self._stub.FinishFire, request, timeout=10))
+
+    async def list_fires(self, function: str, limit: int = 0, *, trigger_id: str = "", outcome: str = "") -> list[Fire]:
+        request = pb.ListFiresRequest(function=function, limit=limit, trigger_id=trigger_id, outcome=outcome)
+        msg = await self._call(self._stub.ListFires, request, timeout=10)
+        return [wire.fire_from_pb(f) for f in msg.fires]
 
     async def get_metrics(self) -> str:
         return (await self._call(self._stub.GetMetrics, pb.GetMetricsRequest(), timeout=5)).text

@@ -22,6 +22,7 @@ from lamina.core.functions import (
 from lamina.core.invocations import InvocationResult, Outcome
 from lamina.core.queue import Invocation, InvocationState, Report
 from lamina.core.records import LATEST, FunctionUsage, InvocationRecord
+from lamina.core.triggers import Fire, FireOutcome, Lease, Trigger, TriggerSpec, parse_missed, parse_overlap
 from lamina.rpc import controller_pb2 as cpb
 from lamina.rpc import invoker_pb2 as ipb
 
@@ -209,3 +210,48 @@ def report_to_pb(report: Report, msg: cpb.ReleaseInvocationRequest) -> cpb.Relea
 
 def report_from_pb(msg: cpb.ReleaseInvocationRequest) -> Report:
     return Report(result=msg.result, error_type=msg.error_type, error_message=msg.error_message, logs=msg.logs)
+
+
+def trigger_to_pb(t: Trigger) -> cpb.CronTrigger:
+    s = t.spec
+    return cpb.CronTrigger(id=t.id, function=s.function, schedule=s.schedule, timezone=s.timezone, payload=s.payload,
+                           overlap=s.overlap.value, missed=s.missed.value, created_at=t.created_at,
+                           last_tick=t.last_tick)
+
+
+def trigger_spec_from_pb(msg: cpb.CronTrigger) -> TriggerSpec:
+    """The spec in ``msg``; ``InvalidSpec`` for an unknown overlap or missed-tick policy."""
+    return TriggerSpec(function=msg.function, schedule=msg.schedule, timezone=msg.timezone or "UTC",
+                       payload=msg.payload, overlap=parse_overlap(msg.overlap), missed=parse_missed(msg.missed))
+
+
+def trigger_from_pb(msg: cpb.CronTrigger) -> Trigger:
+    return Trigger(id=msg.id, spec=trigger_spec_from_pb(msg), created_at=msg.created_at, last_tick=msg.last_tick)
+
+
+def fire_to_pb(f: Fire) -> cpb.CronFire:
+    return cpb.CronFire(id=f.id, trigger_id=f.trigger_id, function=f.function, scheduled_at=f.scheduled_at,
+                        fired_at=f.fired_at, outcome=f.outcome.value, invocation_id=f.invocation_id, detail=f.detail)
+
+
+def fire_from_pb(msg: cpb.CronFire) -> Fire:
+    return Fire(id=msg.id, trigger_id=msg.trigger_id, function=msg.function, scheduled_at=msg.scheduled_at,
+                fired_at=msg.fired_at, outcome=fire_outcome(msg.outcome), invocation_id=msg.invocation_id,
+                detail=msg.detail)
+
+
+def fire_outcome(value: str) -> FireOutcome:
+    """The outcome named ``value``; ``InvalidSpec`` otherwise."""
+    try:
+        return FireOutcome(value)
+    except ValueError as exc:
+        raise errors.InvalidSpec(f"invalid fire outcome {value!r}: expected one of "
+                                 f"{', '.join(o.value for o in FireOutcome)}") from exc
+
+
+def lease_from_pb(msg: cpb.LeaseState) -> Lease:
+    return Lease(name=msg.name, holder=msg.holder, expires_at=msg.expires_at, held=msg.held)
+
+
+def lease_to_pb(lease: Lease) -> cpb.LeaseState:
+    return cpb.LeaseState(name=lease.name, holder=lease.holder, expires_at=lease.expires_at, held=lease.held)

@@ -27,10 +27,11 @@ from controller.store.invocations import SQLInvocationStore
 from controller.store.logs import SQLLogStore
 from controller.store.records import SQLRecordStore
 from controller.store.registry import SQLInvokerRegistry, SQLKeyStore
+from controller.store.triggers import SQLTriggerStore
 
 __all__ = [
     "BlobIndex", "Change", "FunctionStore", "InvokerRegistry", "KeyRecord", "KeyStore", "LogStore", "RecordStore",
-    "SQLInvocationStore", "SQLStore", "Store",
+    "SQLInvocationStore", "SQLStore", "SQLTriggerStore", "Store",
 ]
 
 
@@ -52,6 +53,7 @@ class SQLStore:
         self.logs: LogStore = SQLLogStore(self._db)
         self.records: RecordStore = SQLRecordStore(self._db)
         self.invocations = SQLInvocationStore(self._db, clock)
+        self.triggers = SQLTriggerStore(self._db, clock)
 
     def close(self) -> None:
         """Release every database connection. Idempotent."""

@@ -19,6 +19,7 @@ from lamina.core.records import FunctionUsage, InvocationRecord
 
 if TYPE_CHECKING:
     from controller.store.invocations import SQLInvocationStore
+    from controller.store.triggers import SQLTriggerStore
 
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000
 DEFAULT_LOG_LIMIT, MAX_LOG_LIMIT = 200, 1000
@@ -153,6 +154,8 @@ class Store(Protocol):
     records: RecordStore
     #: The async invocation queue: lamina.core.queue.InvocationQueue's contract, blocking.
     invocations: SQLInvocationStore
+    #: Cron triggers, their fire records (once per tick) and the scheduler lease.
+    triggers: SQLTriggerStore
 
     def close(self) -> None:
         """Release the database's connections. Idempotent."""

@@ -161,3 +161,47 @@ async_invocations = sa.Table(
     sa.Index("ix_async_invocations_function_state", "function", "state"),
     sa.Index("ix_async_invocations_function_idempotency_key", "function", "idempotency_key"),
 )
+
+# Cron triggers (controller/store/triggers.py): one row per trigger of a function.
+cron_triggers = sa.Table(
+    "cron_triggers",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("function", sa.String(64), nullable=False),
+    sa.Column("schedule", sa.String(128), nullable=False),
+    sa.Column("timezone", sa.String(64), nullable=False),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+    sa.Column("overlap", sa.String(16), nullable=False),
+    sa.Column("missed", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("ix_cron_triggers_function", "function"),
+)
+
+# One row per (trigger, tick), written before the tick's invocation is enqueued: the unique
+# index is what makes a tick fire at most once whichever gateway (old or new leader) tries.
+cron_fires = sa.Table(
+    "cron_fires",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("trigger_id", sa.String(36), nullable=False),
+    sa.Column("function", sa.String(64), nullable=False),
+    sa.Column("scheduled_at", sa.Float, nullable=False),
+    sa.Column("fired_at", sa.Float, nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("invocation_id", sa.String(36), nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Index("uq_cron_fires_trigger_id_scheduled_at", "trigger_id", "scheduled_at", unique=True),
+    # A function's history, newest first.
+    sa.Index("ix_cron_fires_function_scheduled_at", "function", "scheduled_at"),
+)
+
+# Named leases with a holder and an expiry, taken and renewed by compare-and-set: "cron" is
+# the one active scheduler among gateway replicas.
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.String(128), nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("acquired_at", sa.Float, nullable=False),
+)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from lamina.cli import functions, servers
+from lamina.cli import cron, functions, servers
 
 app = typer.Typer(
     name="lamina",
@@ -20,6 +20,7 @@ app = typer.Typer(
 )
 servers.register(app)
 functions.register(app)
+cron.register(app)
 
 
 def main() -> None:

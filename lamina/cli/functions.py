@@ -21,6 +21,7 @@ from rich.table import Table
 from lamina.client import DEFAULT_URL, Client, pack_directory
 from lamina.core.errors import Conflict, InvalidSpec, LaminaError, NotFound
 from lamina.core.functions import FunctionSpec, validate_spec
+from lamina.core.triggers import TriggerSpec, spec_from_json, validate_trigger
 
 err = Console(stderr=True)
 out = Console()
@@ -60,15 +61,65 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         raise InvalidSpec(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise InvalidSpec(f"{path} must be a mapping of settings")
-    unknown = sorted(set(data) - set(YAML_KEYS))
+    unknown = sorted(set(data) - set(YAML_KEYS) - {"cron"})
     if unknown:
-        raise InvalidSpec(f"{path}: unknown keys {', '.join(unknown)} (known: {', '.join(YAML_KEYS)})")
-    spec = {YAML_KEYS[k]: v for k, v in data.items()}
+        raise InvalidSpec(f"{path}: unknown keys {', '.join(unknown)} (known: {', '.join([*YAML_KEYS, 'cron'])})")
+    spec = {YAML_KEYS[k]: v for k, v in data.items() if k != "cron"}
     env = spec.get("environment", {})
     if not isinstance(env, dict):
         raise InvalidSpec(f"{path}: environment must be a mapping")
     spec["environment"] = {str(k): str(v) for k, v in env.items()}
     return spec
+
+
+def read_cron(directory: Path, function: str) -> list[TriggerSpec] | None:
+    """The triggers declared by ``lamina.yaml``'s ``cron:`` key, validated: a list of
+    ``{schedule, tz, payload, overlap, missed}`` (only ``schedule`` required). None when the
+    key is absent: `lamina deploy` then leaves the function's triggers alone; when present,
+    deploy makes the function's triggers exactly these (an empty list removes them all)."""
+    path = directory / "lamina.yaml"
+    if not path.exists():
+        return None
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict) or "cron" not in data:
+        return None
+    entries = data["cron"] or []
+    if not isinstance(entries, list):
+        raise InvalidSpec(f"{path}: cron must be a list of {{schedule, tz, payload, overlap, missed}}")
+    specs = []
+    for i, entry in enumerate(entries):
+        try:
+            specs.append(validate_trigger(spec_from_json(function, entry)))
+        except InvalidSpec as exc:
+            raise InvalidSpec(f"{path}: cron[{i}]: {exc.message}") from exc
+    return specs
+
+
+def apply_cron(client: Client, function: str, declared: list[TriggerSpec]) -> tuple[int, int]:
+    """Make ``function``'s triggers exactly ``declared``: keep identical ones, add the missing,
+    remove the rest. Returns (added, removed)."""
+    def key(schedule: str, tz: str, payload: Any, overlap: str, missed: str) -> tuple[Any, ...]:
+        return (schedule, tz, json.dumps(payload, sort_keys=True), overlap, missed)
+
+    existing = {t["id"]: key(t["schedule"], t["timezone"], t["payload"], t["overlap"], t["missed"])
+                for t in client.triggers(function)}
+    wanted = [(spec, key(spec.schedule, spec.timezone, json.loads(spec.payload) if spec.payload else None,
+                         spec.overlap.value, spec.missed.value)) for spec in declared]
+    keep: set[str] = set()
+    added = 0
+    for spec, k in wanted:
+        match = next((tid for tid, ek in existing.items() if ek == k and tid not in keep), None)
+        if match is not None:
+            keep.add(match)
+            continue
+        client.add_trigger(function, spec.schedule, tz=spec.timezone,
+                           payload=json.loads(spec.payload) if spec.payload else None,
+                           overlap=spec.overlap.value, missed=spec.missed.value)
+        added += 1
+    removed = [tid for tid in existing if tid not in keep]
+    for tid in removed:
+        client.remove_trigger(function, tid)
+    return added, len(removed)
 
 
 def _parse_env(pairs: list[str]) -> dict[str, str]:
@@ -141,6 +192,7 @@ def register(app: typer.Typer) -> None:
                 validate_spec(FunctionSpec(**fields), require_code=False)
             except TypeError as exc:
                 raise InvalidSpec(f"invalid settings: {exc}") from exc
+            schedules = read_cron(directory, fields["name"])
             code = pack_directory(directory)
             with _client(url, api_key) as client:
                 try:
@@ -148,6 +200,7 @@ def register(app: typer.Typer) -> None:
                 except NotFound:
                     current = None
                 fn = client.create(fields, code) if current is None else client.deploy(fields, code, if_match=current)
+                cron_changes = apply_cron(client, fn["name"], schedules) if schedules is not None else None
         except Conflict as exc:
             err.print(f"[red]error:[/] {exc.message} (someone else deployed meanwhile; run deploy again)")
             raise typer.Exit(1) from exc
@@ -157,6 +210,9 @@ def register(app: typer.Typer) -> None:
         out.print(f"{verb} [bold]{fn['name']}[/] revision {fn['revision']} "
                   f"(code {fn['code_sha256'][:12]}, {fn['code_size']} bytes)")
         out.print(f"  HTTP: {url.rstrip('/')}/function/{fn['name']}", highlight=False)
+        if cron_changes is not None:
+            out.print(f"  cron: {len(schedules or [])} schedule(s) from lamina.yaml ({cron_changes[0]} added, "
+                      f"{cron_changes[1]} removed)", highlight=False)
 
     @app.command()
     def invoke(

@@ -180,6 +180,26 @@ class GatewaySettings(CommonSettings):
     """LAMINA_ASYNC_DISPATCH: run the async dispatcher in this gateway. Off for a gateway
     that should only accept invocations (another replica runs them)."""
 
+    cron: bool = True
+    """LAMINA_CRON: make this gateway a candidate to run the cron scheduler. Only the
+    candidate holding the controller's `cron` lease fires, so every replica may leave it on
+    (that is what makes a failover automatic)."""
+
+    cron_lease_s: float = 10.0
+    """LAMINA_CRON_LEASE_S: seconds the cron scheduler lease lasts; the holder renews it every
+    third of it and stops firing after 80 % of it without a renewal. Bounds how long ticks go
+    unfired after the active gateway dies (those ticks follow the trigger's missed policy)."""
+
+    cron_sync_interval_s: float = 2.0
+    """LAMINA_CRON_SYNC_INTERVAL_S: seconds between the active scheduler's reads of the
+    triggers, so one added through another replica starts firing within this time (one
+    added through this gateway does at once)."""
+
+    cron_min_interval_s: float = 1.0
+    """LAMINA_CRON_MIN_INTERVAL_S: the shortest interval between two ticks a new trigger may
+    have, in seconds; a schedule firing more often is refused. 1 s is the finest cron
+    resolution; raise it on a shared installation to bound the load schedules create."""
+
 
 @dataclass(frozen=True)
 class InvokerSettings(CommonSettings):

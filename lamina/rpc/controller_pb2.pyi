@@ -569,6 +569,170 @@ class DeadLettersCount(_message.Message):
     count: int
     def __init__(self, count: _Optional[int] = ...) -> None: ...
 
+class CronTrigger(_message.Message):
+    __slots__ = ("id", "function", "schedule", "timezone", "payload", "overlap", "missed", "created_at", "last_tick")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    TIMEZONE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_FIELD_NUMBER: _ClassVar[int]
+    MISSED_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_TICK_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    function: str
+    schedule: str
+    timezone: str
+    payload: bytes
+    overlap: str
+    missed: str
+    created_at: float
+    last_tick: float
+    def __init__(self, id: _Optional[str] = ..., function: _Optional[str] = ..., schedule: _Optional[str] = ..., timezone: _Optional[str] = ..., payload: _Optional[bytes] = ..., overlap: _Optional[str] = ..., missed: _Optional[str] = ..., created_at: _Optional[float] = ..., last_tick: _Optional[float] = ...) -> None: ...
+
+class AddTriggerRequest(_message.Message):
+    __slots__ = ("trigger", "min_interval_s")
+    TRIGGER_FIELD_NUMBER: _ClassVar[int]
+    MIN_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    trigger: CronTrigger
+    min_interval_s: float
+    def __init__(self, trigger: _Optional[_Union[CronTrigger, _Mapping]] = ..., min_interval_s: _Optional[float] = ...) -> None: ...
+
+class ListTriggersRequest(_message.Message):
+    __slots__ = ("function",)
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    function: str
+    def __init__(self, function: _Optional[str] = ...) -> None: ...
+
+class ListTriggersResponse(_message.Message):
+    __slots__ = ("triggers",)
+    TRIGGERS_FIELD_NUMBER: _ClassVar[int]
+    triggers: _containers.RepeatedCompositeFieldContainer[CronTrigger]
+    def __init__(self, triggers: _Optional[_Iterable[_Union[CronTrigger, _Mapping]]] = ...) -> None: ...
+
+class RemoveTriggerRequest(_message.Message):
+    __slots__ = ("function", "id")
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    function: str
+    id: str
+    def __init__(self, function: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
+
+class RemoveTriggerResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class AcquireLeaseRequest(_message.Message):
+    __slots__ = ("name", "holder", "ttl_s")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    holder: str
+    ttl_s: float
+    def __init__(self, name: _Optional[str] = ..., holder: _Optional[str] = ..., ttl_s: _Optional[float] = ...) -> None: ...
+
+class LeaseState(_message.Message):
+    __slots__ = ("name", "holder", "expires_at", "held")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    holder: str
+    expires_at: float
+    held: bool
+    def __init__(self, name: _Optional[str] = ..., holder: _Optional[str] = ..., expires_at: _Optional[float] = ..., held: _Optional[bool] = ...) -> None: ...
+
+class ReleaseLeaseRequest(_message.Message):
+    __slots__ = ("name", "holder")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    holder: str
+    def __init__(self, name: _Optional[str] = ..., holder: _Optional[str] = ...) -> None: ...
+
+class ReleaseLeaseResponse(_message.Message):
+    __slots__ = ("released",)
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    released: bool
+    def __init__(self, released: _Optional[bool] = ...) -> None: ...
+
+class CronFire(_message.Message):
+    __slots__ = ("id", "trigger_id", "function", "scheduled_at", "fired_at", "outcome", "invocation_id", "detail")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_ID_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULED_AT_FIELD_NUMBER: _ClassVar[int]
+    FIRED_AT_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    INVOCATION_ID_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    trigger_id: str
+    function: str
+    scheduled_at: float
+    fired_at: float
+    outcome: str
+    invocation_id: str
+    detail: str
+    def __init__(self, id: _Optional[int] = ..., trigger_id: _Optional[str] = ..., function: _Optional[str] = ..., scheduled_at: _Optional[float] = ..., fired_at: _Optional[float] = ..., outcome: _Optional[str] = ..., invocation_id: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class ClaimFireRequest(_message.Message):
+    __slots__ = ("trigger_id", "scheduled_at", "lease", "holder", "detail")
+    TRIGGER_ID_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULED_AT_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    trigger_id: str
+    scheduled_at: float
+    lease: str
+    holder: str
+    detail: str
+    def __init__(self, trigger_id: _Optional[str] = ..., scheduled_at: _Optional[float] = ..., lease: _Optional[str] = ..., holder: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class ClaimFireResponse(_message.Message):
+    __slots__ = ("fire", "claimed", "previous")
+    FIRE_FIELD_NUMBER: _ClassVar[int]
+    CLAIMED_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    fire: CronFire
+    claimed: bool
+    previous: CronFire
+    def __init__(self, fire: _Optional[_Union[CronFire, _Mapping]] = ..., claimed: _Optional[bool] = ..., previous: _Optional[_Union[CronFire, _Mapping]] = ...) -> None: ...
+
+class FinishFireRequest(_message.Message):
+    __slots__ = ("id", "outcome", "invocation_id", "detail")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    INVOCATION_ID_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    outcome: str
+    invocation_id: str
+    detail: str
+    def __init__(self, id: _Optional[int] = ..., outcome: _Optional[str] = ..., invocation_id: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class ListFiresRequest(_message.Message):
+    __slots__ = ("function", "trigger_id", "limit", "outcome")
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    function: str
+    trigger_id: str
+    limit: int
+    outcome: str
+    def __init__(self, function: _Optional[str] = ..., trigger_id: _Optional[str] = ..., limit: _Optional[int] = ..., outcome: _Optional[str] = ...) -> None: ...
+
+class ListFiresResponse(_message.Message):
+    __slots__ = ("fires",)
+    FIRES_FIELD_NUMBER: _ClassVar[int]
+    fires: _containers.RepeatedCompositeFieldContainer[CronFire]
+    def __init__(self, fires: _Optional[_Iterable[_Union[CronFire, _Mapping]]] = ...) -> None: ...
+
 class GetMetricsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

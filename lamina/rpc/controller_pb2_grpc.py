@@ -169,6 +169,46 @@ class ControllerStub:
                 request_serializer=lamina_dot_v1_dot_controller__pb2.PurgeDeadLettersRequest.SerializeToString,
                 response_deserializer=lamina_dot_v1_dot_controller__pb2.DeadLettersCount.FromString,
                 _registered_method=True)
+        self.AddTrigger = channel.unary_unary(
+                '/lamina.v1.Controller/AddTrigger',
+                request_serializer=lamina_dot_v1_dot_controller__pb2.AddTriggerRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_controller__pb2.CronTrigger.FromString,
+                _registered_method=True)
+        self.ListTriggers = channel.unary_unary(
+                '/lamina.v1.Controller/ListTriggers',
+                request_serializer=lamina_dot_v1_dot_controller__pb2.ListTriggersRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_controller__pb2.ListTriggersResponse.FromString,
+                _registered_method=True)
+        self.RemoveTrigger = channel.unary_unary(
+                '/lamina.v1.Controller/RemoveTrigger',
+                request_serializer=lamina_dot_v1_dot_controller__pb2.RemoveTriggerRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_controller__pb2.RemoveTriggerResponse.FromString,
+                _registered_method=True)
+        self.AcquireLease = channel.unary_unary(
+                '/lamina.v1.Controller/AcquireLease',
+                request_serializer=lamina_dot_v1_dot_controller__pb2.AcquireLeaseRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_controller__pb2.LeaseState.FromString,
+                _registered_method=True)
+        self.ReleaseLease = channel.unary_unary(
+                '/lamina.v1.Controller/ReleaseLease',
+                request_serializer=lamina_dot_v1_dot_controller__pb2.ReleaseLeaseRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_controller__pb2.ReleaseLeaseResponse.FromString,
+                _registered_method=True)
+        self.ClaimFire = channel.unary_unary(
+                '/lamina.v1.Controller/ClaimFire',
+                request_serializer=lamina_dot_v1_dot_controller__pb2.ClaimFireRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_controller__pb2.ClaimFireResponse.FromString,
+                _registered_method=True)
+        self.FinishFire = channel.unary_unary(
+                '/lamina.v1.Controller/FinishFire',
+                request_serializer=lamina_dot_v1_dot_controller__pb2.FinishFireRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_controller__pb2.CronFire.FromString,
+                _registered_method=True)
+        self.ListFires = channel.unary_unary(
+                '/lamina.v1.Controller/ListFires',
+                request_serializer=lamina_dot_v1_dot_controller__pb2.ListFiresRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_controller__pb2.ListFiresResponse.FromString,
+                _registered_method=True)
         self.GetMetrics = channel.unary_unary(
                 '/lamina.v1.Controller/GetMetrics',
                 request_serializer=lamina_dot_v1_dot_controller__pb2.GetMetricsRequest.SerializeToString,
@@ -341,6 +381,54 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddTrigger(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTriggers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveTrigger(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcquireLease(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseLease(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClaimFire(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FinishFire(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFires(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetMetrics(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -484,6 +572,46 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.PurgeDeadLetters,
                     request_deserializer=lamina_dot_v1_dot_controller__pb2.PurgeDeadLettersRequest.FromString,
                     response_serializer=lamina_dot_v1_dot_controller__pb2.DeadLettersCount.SerializeToString,
+            ),
+            'AddTrigger': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddTrigger,
+                    request_deserializer=lamina_dot_v1_dot_controller__pb2.AddTriggerRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_controller__pb2.CronTrigger.SerializeToString,
+            ),
+            'ListTriggers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTriggers,
+                    request_deserializer=lamina_dot_v1_dot_controller__pb2.ListTriggersRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_controller__pb2.ListTriggersResponse.SerializeToString,
+            ),
+            'RemoveTrigger': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveTrigger,
+                    request_deserializer=lamina_dot_v1_dot_controller__pb2.RemoveTriggerRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_controller__pb2.RemoveTriggerResponse.SerializeToString,
+            ),
+            'AcquireLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcquireLease,
+                    request_deserializer=lamina_dot_v1_dot_controller__pb2.AcquireLeaseRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_controller__pb2.LeaseState.SerializeToString,
+            ),
+            'ReleaseLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseLease,
+                    request_deserializer=lamina_dot_v1_dot_controller__pb2.ReleaseLeaseRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_controller__pb2.ReleaseLeaseResponse.SerializeToString,
+            ),
+            'ClaimFire': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimFire,
+                    request_deserializer=lamina_dot_v1_dot_controller__pb2.ClaimFireRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_controller__pb2.ClaimFireResponse.SerializeToString,
+            ),
+            'FinishFire': grpc.unary_unary_rpc_method_handler(
+                    servicer.FinishFire,
+                    request_deserializer=lamina_dot_v1_dot_controller__pb2.FinishFireRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_controller__pb2.CronFire.SerializeToString,
+            ),
+            'ListFires': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFires,
+                    request_deserializer=lamina_dot_v1_dot_controller__pb2.ListFiresRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_controller__pb2.ListFiresResponse.SerializeToString,
             ),
             'GetMetrics': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMetrics,
@@ -1220,6 +1348,222 @@ class Controller:
             '/lamina.v1.Controller/PurgeDeadLetters',
             lamina_dot_v1_dot_controller__pb2.PurgeDeadLettersRequest.SerializeToString,
             lamina_dot_v1_dot_controller__pb2.DeadLettersCount.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddTrigger(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.Controller/AddTrigger',
+            lamina_dot_v1_dot_controller__pb2.AddTriggerRequest.SerializeToString,
+            lamina_dot_v1_dot_controller__pb2.CronTrigger.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTriggers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.Controller/ListTriggers',
+            lamina_dot_v1_dot_controller__pb2.ListTriggersRequest.SerializeToString,
+            lamina_dot_v1_dot_controller__pb2.ListTriggersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveTrigger(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.Controller/RemoveTrigger',
+            lamina_dot_v1_dot_controller__pb2.RemoveTriggerRequest.SerializeToString,
+            lamina_dot_v1_dot_controller__pb2.RemoveTriggerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcquireLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.Controller/AcquireLease',
+            lamina_dot_v1_dot_controller__pb2.AcquireLeaseRequest.SerializeToString,
+            lamina_dot_v1_dot_controller__pb2.LeaseState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.Controller/ReleaseLease',
+            lamina_dot_v1_dot_controller__pb2.ReleaseLeaseRequest.SerializeToString,
+            lamina_dot_v1_dot_controller__pb2.ReleaseLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimFire(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.Controller/ClaimFire',
+            lamina_dot_v1_dot_controller__pb2.ClaimFireRequest.SerializeToString,
+            lamina_dot_v1_dot_controller__pb2.ClaimFireResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FinishFire(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.Controller/FinishFire',
+            lamina_dot_v1_dot_controller__pb2.FinishFireRequest.SerializeToString,
+            lamina_dot_v1_dot_controller__pb2.CronFire.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFires(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.Controller/ListFires',
+            lamina_dot_v1_dot_controller__pb2.ListFiresRequest.SerializeToString,
+            lamina_dot_v1_dot_controller__pb2.ListFiresResponse.FromString,
             options,
             channel_credentials,
             insecure,

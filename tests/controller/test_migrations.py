@@ -14,7 +14,7 @@ from lamina.core.errors import Unavailable
 from tests.conftest import free_port
 
 TABLES = {"functions", "revision_counter", "code_blobs", "api_keys", "invokers", "log_records", "invocation_records",
-          "async_invocations"}
+          "async_invocations", "cron_triggers", "cron_fires", "leases"}
 
 
 def _inspect(url: str):  # type: ignore[no-untyped-def]

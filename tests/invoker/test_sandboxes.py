@@ -180,3 +180,27 @@ def test_invokers_on_one_host_never_share_worker_uids() -> None:
     finally:
         first.close_now()
         second.close_now()
+
+
+async def test_a_cancelled_zygote_fork_never_hands_its_zygote_to_the_next_caller() -> None:
+    box = make_sandbox("process")
+    try:
+        master = await box._master(sys.executable)
+        assert master is not None
+        cancelled = asyncio.ensure_future(master.fork(None))
+        await asyncio.sleep(0)  # its request is sent; its reply is not read yet
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        process, control = await master.fork(None)
+        try:
+            # Ours waits for "start" on our socket; the cancelled caller's zygote exits (its
+            # socket was closed), so being handed that one would show as an exit here.
+            await asyncio.sleep(0.3)
+            assert process.returncode is None and _status(process.pid)["PPid"] == str(master.process.pid)
+        finally:
+            control.close()
+        async with asyncio.timeout(5):
+            await process.wait()  # and it ends with its control socket
+    finally:
+        await box.close()

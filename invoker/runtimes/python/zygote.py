@@ -414,8 +414,8 @@ def master(ctl):
     (~1 ms) instead of started (~60 ms of CPU for the interpreter, these modules and the
     seccomp programs), which is what a burst of cold starts waits on.
 
-    invoker → master  {"type": "zygote", "config": {...} | null} + SCM_RIGHTS [control socket]
-    master → invoker  {"type": "forked", "pid"} | {"type": "fork_error", "message"}
+    invoker → master  {"type": "zygote", "config": {...} | null, "seq"} + SCM_RIGHTS [control socket]
+    master → invoker  {"type": "forked", "pid", "seq"} | {"type": "fork_error", "message", "seq"}
     """
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     children = set()
@@ -451,7 +451,7 @@ def master(ctl):
         except OSError as exc:
             for fd in fds:
                 os.close(fd)
-            _send(ctl, {"type": "fork_error", "message": str(exc)})
+            _send(ctl, {"type": "fork_error", "message": str(exc), "seq": message.get("seq")})
             continue
         if pid == 0:
             code = 70
@@ -466,7 +466,7 @@ def master(ctl):
         for fd in fds:
             os.close(fd)
         children.add(pid)
-        _send(ctl, {"type": "forked", "pid": pid})
+        _send(ctl, {"type": "forked", "pid": pid, "seq": message.get("seq")})
 
 
 def main():

@@ -1,0 +1,110 @@
+"""Cron firing lag: from a tick's scheduled time to (a) the scheduler's fire (recorded,
+claimed) and (b) the start of the handler it invoked through the async path.
+
+One `lamina up` stack; a baseline of 10 schedules, then 1,000 schedules firing every 5 s,
+spread over the 5 seconds (200 fires/s), on 10 functions. Warm-up ticks (the first 3 s of
+each phase, cold starts included) are left out. Prints p50/p99 and their ratio to the
+baseline, and writes bench/results/cron_lag.json.
+
+    .venv/bin/python bench/cron_lag.py [--schedules 1000] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cold import summary  # noqa: E402
+from stack import BENCH, LaminaStack  # noqa: E402
+
+from lamina.client import Client  # noqa: E402
+
+FUNCTIONS = 10
+WARMUP_S = 3.0
+HANDLER = "import time\ndef handler(event, context):\n    return {'started': time.time()}\n"
+
+
+def _unix(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def phase(stack: LaminaStack, schedules: int, seconds: float) -> dict[str, object]:
+    client = stack.client
+    assert client is not None
+    ids: list[tuple[str, str]] = []
+    for i in range(schedules):
+        name = f"lag{i % FUNCTIONS}"
+        trigger = client.add_trigger(name, f"{i % 5}/5 * * * * *")
+        ids.append((name, trigger["id"]))
+    start = time.time()
+    time.sleep(seconds)
+    end = time.time()
+    for name, trigger_id in ids:
+        client.remove_trigger(name, trigger_id)
+    time.sleep(3)  # let the last invocations run
+    fires = []
+    for i in range(FUNCTIONS):
+        fires += [f for f in client.trigger_history(f"lag{i}", 1000)
+                  if start + WARMUP_S <= _unix(f["scheduled_at"]) <= end]
+    fired = [f for f in fires if f["outcome"] == "fired"]
+
+    def started(fire: dict[str, object]) -> float | None:
+        with Client(stack.url, client._http.headers["Authorization"].split()[-1], timeout=60) as own:
+            inv = own.invocation(str(fire["invocation_id"]))
+        return inv["result"]["started"] if inv["state"] == "succeeded" else None
+
+    with ThreadPoolExecutor(16) as pool:
+        starts = list(pool.map(started, fired))
+    fire_lag = [float(f["lag_ms"]) for f in fired]
+    start_lag = [(s - _unix(str(f["scheduled_at"]))) * 1000 for f, s in zip(fired, starts, strict=True) if s]
+    expected = schedules * (end - start - WARMUP_S) / 5
+    return {"schedules": schedules, "seconds": seconds, "fires": len(fires), "fired": len(fired),
+            "expected_fires": round(expected), "handler_started": len(start_lag),
+            "fire_lag": summary(fire_lag) if fire_lag else {}, "start_lag": summary(start_lag) if start_lag else {}}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--schedules", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    args = parser.parse_args()
+    code_dir = Path(tempfile.mkdtemp(prefix="lamina-cron-bench-"))
+    (code_dir / "app.py").write_text(HANDLER)
+    env = {"LAMINA_ASYNC_CONCURRENCY": "256", "LAMINA_ASYNC_POLL_INTERVAL_S": "0.05"}
+    with LaminaStack(extra_env=env) as stack:
+        for i in range(FUNCTIONS):
+            stack.deploy(f"lag{i}", code_dir)
+        baseline = phase(stack, 10, 12.0)
+        loaded = phase(stack, args.schedules, args.seconds)
+    results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+               "baseline": baseline, "loaded": loaded}
+    for key in ("fire_lag", "start_lag"):
+        b, m = baseline[key], loaded[key]
+        if b and m:
+            results[f"{key}_p50_ratio"] = round(m["p50_ms"] / max(b["p50_ms"], 0.001), 2)  # type: ignore[index]
+    for label, section in (("baseline", baseline), ("loaded", loaded)):
+        for key in ("fire_lag", "start_lag"):
+            s = section[key]
+            if s:
+                print(f"{label:8} {section['schedules']:5} schedules  {key:9}  p50 {s['p50_ms']:8.1f} ms  "  # type: ignore[index]
+                      f"p99 {s['p99_ms']:8.1f} ms  n={s['n']}")  # type: ignore[index]
+        print(f"{label:8} fires {section['fires']} of ~{section['expected_fires']} expected, "
+              f"{section['handler_started']} handler starts seen")
+    out = BENCH / "results" / "cron_lag.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
