@@ -43,6 +43,7 @@ from typing import Any
 from apscheduler.executors.asyncio import AsyncIOExecutor
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from gateway.metrics import GatewayMetrics
 from lamina.controller_client import ControllerClient
 from lamina.core.errors import Conflict, InvalidSpec, LaminaError, NotFound
 from lamina.core.queue import InvocationQueue, InvocationState
@@ -96,7 +97,7 @@ class CronScheduler:
 
     def __init__(self, controller: ControllerClient, queue: InvocationQueue, cache: FunctionCache,
                  settings: GatewaySettings, *, holder: str = "", on_enqueue: Callable[[], None] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, metrics: GatewayMetrics | None = None) -> None:
         self._controller = controller
         self._queue = queue
         self._cache = cache
@@ -104,6 +105,7 @@ class CronScheduler:
         self.holder = holder or holder_id()
         self._on_enqueue = on_enqueue or (lambda: None)
         self._clock = clock
+        self._metrics = metrics or GatewayMetrics()
         self._scheduler: AsyncIOScheduler | None = None
         self._jobs: dict[str, Trigger] = {}
         self._valid_until = 0.0  # monotonic: when an unrenewed lease stops being safe to use
@@ -252,6 +254,7 @@ class CronScheduler:
             return
         if not claimed:
             return
+        self._metrics.cron_fire_lag.observe(max(0.0, self._clock() - tick))
         if trigger.spec.overlap is Overlap.SKIP and previous is not None:
             try:
                 inv = await self._queue.get(previous.invocation_id)
@@ -262,7 +265,7 @@ class CronScheduler:
                 log.warning("cron: cannot check the previous run of trigger %s (%s); firing", trigger.id, exc)
                 busy = False
             if busy:
-                await self._finish(fire.id, FireOutcome.SKIPPED, "", f"invocation {previous.invocation_id} of the "
+                await self._finish(trigger, fire.id, FireOutcome.SKIPPED, "", f"invocation {previous.invocation_id} of the "
                                    f"tick at {_iso(previous.scheduled_at)} is still {inv.state.value}")
                 return
         await self._enqueue(trigger, fire.id, tick, detail)
@@ -276,16 +279,18 @@ class CronScheduler:
                 function, scheduled_event(trigger, tick, fire_id), idempotency_key=f"cron:{trigger.id}:{tick:.3f}",
                 idempotency_window_s=self._settings.idempotency_window_s)
         except (NotFound, InvalidSpec) as exc:
-            await self._finish(fire_id, FireOutcome.FAILED, "", exc.message)
+            await self._finish(trigger, fire_id, FireOutcome.FAILED, "", exc.message)
             return
         except LaminaError as exc:
             # Left pending: the next leader's start re-enqueues it under the same key.
             log.warning("cron: tick %s of trigger %s recorded but not enqueued (%s)", _iso(tick), trigger.id, exc)
             return
         self._on_enqueue()
-        await self._finish(fire_id, FireOutcome.FIRED, inv.id, detail)
+        await self._finish(trigger, fire_id, FireOutcome.FIRED, inv.id, detail)
 
-    async def _finish(self, fire_id: int, outcome: FireOutcome, invocation_id: str, detail: str) -> None:
+    async def _finish(self, trigger: Trigger, fire_id: int, outcome: FireOutcome, invocation_id: str,
+                      detail: str) -> None:
+        self._metrics.cron_fires.labels(trigger.spec.function, outcome.value).inc()
         try:
             await self._controller.finish_fire(fire_id, outcome, invocation_id, detail)
         except Conflict:

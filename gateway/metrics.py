@@ -68,6 +68,17 @@ class GatewayMetrics:
             "saturated or answered that it had no room, by function.",
             ["function"], registry=self.registry,
         )
+        self.cron_fires = Counter(
+            "lamina_gateway_cron_fires",
+            "Cron ticks handled by this gateway's scheduler, by function and outcome: fired (enqueued as an "
+            "async invocation), skipped (overlap: the previous run was still going) or failed (not enqueued).",
+            ["function", "outcome"], registry=self.registry,
+        )
+        self.cron_fire_lag = Histogram(
+            "lamina_gateway_cron_fire_lag_seconds",
+            "Time from a cron tick's scheduled instant to its fire being recorded, in seconds.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=self.registry,
+        )
         self.invokers = Gauge(
             "lamina_gateway_invokers",
             "Invokers this gateway knows (live heartbeat), by state: ready (on the hash ring) or ejected (taken off "

@@ -145,7 +145,7 @@ class GatewayServer:
         if s.cron:
             self.cron = app.state.cron = CronScheduler(
                 self.controller, self.queue, self.cache, s,
-                on_enqueue=self.dispatcher.wake if self.dispatcher is not None else None)
+                on_enqueue=self.dispatcher.wake if self.dispatcher is not None else None, metrics=self.metrics)
         config = uvicorn.Config(
             function_url_fast_path(app, self.metrics), lifespan="off", access_log=False, log_config=None, server_header=False,
             timeout_graceful_shutdown=SHUTDOWN_GRACE_S,

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import socket
 import subprocess
 import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -46,13 +45,12 @@ def node() -> str:
     return binary
 
 
-def _limits(memory_mb: int, data_limit: bool) -> Callable[[], None]:
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        if data_limit:
-            limit = data_limit_bytes(memory_mb)
-            resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
-    return apply
+def _limited(argv: list[str], memory_mb: int, data_limit: bool) -> list[str]:
+    """``argv`` run under the worker's rlimits, set by a shell that then execs it. Not a
+    ``preexec_fn``: Python between fork and exec in this multi-threaded test process (gRPC's
+    threads from other tests) can crash the child before node starts."""
+    limits = "ulimit -c 0" + (f" && ulimit -d {data_limit_bytes(memory_mb) // 1024}" if data_limit else "")
+    return ["/bin/sh", "-c", f'{limits} && exec "$@"', "sh", *argv]
 
 
 class StemCell:
@@ -62,8 +60,9 @@ class StemCell:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.process = subprocess.Popen(
-                launch_argv(node, memory_mb, theirs.fileno()), pass_fds=(theirs.fileno(),), env=LAUNCH_ENV,
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_limits(memory_mb, data_limit))
+                _limited(launch_argv(node, memory_mb, theirs.fileno()), memory_mb, data_limit),
+                pass_fds=(theirs.fileno(),), env=LAUNCH_ENV,
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         finally:
             theirs.close()
         ours.settimeout(30)
