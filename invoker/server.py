@@ -156,7 +156,16 @@ class InvokerServer:
 
     async def stop(self, grace: float | None = 5.0) -> None:
         """Stop serving (in-flight invocations get ``grace`` seconds), stop every worker,
-        ship the last logs and records, and remove the sandbox's cgroups. Idempotent."""
+        ship the last logs and records, and remove the sandbox's cgroups — the sandbox also
+        when an earlier step failed, so nothing is left on the host. Idempotent."""
+        try:
+            await self._drain(grace)
+        finally:
+            if self.sandbox is not None:
+                await self.sandbox.close()
+                self.sandbox = None
+
+    async def _drain(self, grace: float | None) -> None:
         if self._stream is not None:
             await self._stream.close(grace)
             self._stream = None
@@ -180,9 +189,6 @@ class InvokerServer:
         if self._client is not None:
             await self._client.close()
             self._client = None
-        if self.sandbox is not None:
-            await self.sandbox.close()
-            self.sandbox = None
 
 
 def keep_alive_policy(settings: InvokerSettings) -> KeepAlivePolicy:
