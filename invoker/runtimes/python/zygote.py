@@ -274,6 +274,15 @@ def _show_or_hide(message):
     return {"type": "ack", "error": ""}
 
 
+def _kill_all(pids):
+    """SIGKILL each of ``pids`` (the invoker is gone: nothing may outlive it)."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def _send(ctl, message):
     ctl.send(json.dumps(message).encode())
 
@@ -287,12 +296,12 @@ def _spawn(ctl, plan, fds, spare, spare_sock):
     """Hand ``plan`` and ``fds`` to the spare when it fits, else to a freshly forked child;
     return (worker pid or 0, whether the spare was used)."""
     raw = json.dumps(plan).encode()
-    used = bool(spare) and (_fits(plan) or _enclosure is None)
+    enclosed = _fits(plan)
+    used = bool(spare) and (enclosed or _enclosure is None)
     if used:
         pid, sock = spare, spare_sock
     else:  # not enclosed ahead of need in what this plan asks (egress none, say)
-        pid, sock = _prefork(ctl, _enclosure if _fits(plan) else None)
-    enclosed = _fits(plan)
+        pid, sock = _prefork(ctl, _enclosure if enclosed else None)
     try:
         if enclosed and plan.get("code_dir"):
             failure = _show_or_hide({"type": "show", "code_dir": plan["code_dir"]})["error"]
@@ -381,11 +390,7 @@ def serve(ctl, config):
             except OSError:  # the invoker is gone
                 raw, fds = b"", []
             if not raw:
-                for pid in (*workers, *([spare] if spare else [])):
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+                _kill_all((*workers, *([spare] if spare else [])))
                 return 0
             message = json.loads(raw)
             if message.get("type") in ("show", "hide"):
@@ -438,11 +443,7 @@ def master(ctl):
         except OSError:
             raw, fds = b"", []
         if not raw:
-            for pid in children:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            _kill_all(children)
             return 0
         message = json.loads(raw)
         try:
