@@ -13,7 +13,10 @@ async def run_until_signalled(start: Callable[[], Awaitable[None]], stop: Callab
     """Await ``start()``, then wait for SIGTERM/SIGINT, then await ``stop()``.
 
     The handlers are installed before starting, so a signal that arrives during start-up
-    still ends in a clean stop; ``stop`` runs whatever way the wait ends.
+    still ends in a clean stop; ``stop`` runs whatever way the wait ends. They stay installed
+    until ``stop`` returns: a repeated signal is ignored rather than killing the process
+    half-way through its clean-up. (``PR_SET_PDEATHSIG`` is one source of repeats: every
+    thread of a process inherits it, so a dead parent signals each of them.)
     """
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -23,6 +26,8 @@ async def run_until_signalled(start: Callable[[], Awaitable[None]], stop: Callab
         await start()
         await stopping.wait()
     finally:
-        for sig in SIGNALS:
-            loop.remove_signal_handler(sig)
-        await stop()
+        try:
+            await stop()
+        finally:
+            for sig in SIGNALS:
+                loop.remove_signal_handler(sig)

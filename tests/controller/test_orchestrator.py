@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -316,6 +317,21 @@ def running(pid: int) -> bool:
         return False
 
 
+def host_leftovers(marker: str) -> list[str]:
+    """nftables tables and cgroups (memory, pids) whose name holds ``marker`` (as the
+    invokers' sandbox scopes do, with ``_`` for ``-`` in table names)."""
+    found: list[str] = []
+    if os.geteuid() == 0 and (nft := shutil.which("nft")):
+        tables = subprocess.run([nft, "list", "tables"], capture_output=True, text=True).stdout
+        found += [t for t in tables.split() if marker.replace("-", "_") in t]
+    for root in (Path("/sys/fs/cgroup/memory"), Path("/sys/fs/cgroup/pids")):
+        for top, dirs, _ in os.walk(root):
+            found += [os.path.join(top, d) for d in dirs if marker in d]
+            if top.count(os.sep) - str(root).count(os.sep) >= 3:
+                dirs.clear()
+    return found
+
+
 def test_a_killed_controller_leaves_no_invoker_behind(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAMINA_")}
     controller = subprocess.Popen(
@@ -324,12 +340,13 @@ def test_a_killed_controller_leaves_no_invoker_behind(tmp_path: Path) -> None:
         env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
     assert controller.stderr is not None
     pids: list[int] = []
-    registered = 0
+    registered, port = 0, ""
     try:
         # Until both invokers run (they log to the same stderr) and have registered.
         for line in controller.stderr:
-            if found := re.search(r"started invoker local-\d+-\d \(pid (\d+)\)", line):
-                pids.append(int(found.group(1)))
+            if found := re.search(r"started invoker local-(\d+)-\d \(pid (\d+)\)", line):
+                port, _ = found.groups()
+                pids.append(int(found.group(2)))
             registered += "registered with the controller" in line
             if registered == 2:
                 break
@@ -340,6 +357,9 @@ def test_a_killed_controller_leaves_no_invoker_behind(tmp_path: Path) -> None:
         while any(running(pid) for pid in pids) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not any(running(pid) for pid in pids), "PR_SET_PDEATHSIG stops the invokers of a killed controller"
+        # ...and they stop cleanly: a second SIGTERM (every thread inherits the death signal)
+        # must not kill an invoker half-way through removing its sandbox from the host.
+        assert not host_leftovers(f"local-{port}-"), "the invokers' egress tables and cgroups are removed"
     finally:
         controller.kill()
         controller.wait()
