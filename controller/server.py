@@ -25,6 +25,7 @@ from lamina import wire
 from lamina.core.errors import Unavailable
 from lamina.core.settings import ControllerSettings, database_url
 from lamina.lifecycle import run_until_signalled
+from lamina.ops_http import OpsServer, Probe
 from lamina.rpc import controller_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class ControllerServer:
         #: The fleet's scaling loop, when ``settings.orchestrator`` is not ``none``.
         self.scaler: FleetScaler | None = None
         self._scaling: asyncio.Task[None] | None = None
+        self._ops: OpsServer | None = None
 
     @property
     def address(self) -> str:
@@ -75,6 +77,10 @@ class ControllerServer:
             self.port = self._bind(self._server, settings.controller_listen)
             await self._server.start()
             log.info("controller listening on %s (database: %s)", self.address, redacted(url))
+            if settings.metrics_listen:
+                self._ops = OpsServer(settings.metrics_listen, metrics=self.metrics.text, health=self._health,
+                                      ready=self._health)
+                await self._ops.start()
             if settings.orchestrator != "none":
                 await self._start_orchestrator(settings, self._store)
         except BaseException:
@@ -89,6 +95,14 @@ class ControllerServer:
         self._scaling = asyncio.create_task(self.scaler.run(), name="controller-orchestrator")
         log.info("orchestrator %s keeps %d to %d invokers", settings.orchestrator, settings.min_invokers,
                  settings.max_invokers)
+
+    @property
+    def metrics_port(self) -> int:
+        """The bound port of the /metrics and probes listener (0 when LAMINA_METRICS_LISTEN is empty)."""
+        return self._ops.port if self._ops is not None else 0
+
+    def _health(self) -> Probe:
+        return Probe(self._server is not None, {"component": "controller", "address": self.address})
 
     @staticmethod
     def _bind(server: grpc.aio.Server, listen: str) -> int:
@@ -106,6 +120,9 @@ class ControllerServer:
 
         The orchestrator stops first: local invokers drain and ship their last logs and
         records while the controller still serves them."""
+        if self._ops is not None:
+            await self._ops.stop()
+            self._ops = None
         if self._scaling is not None:
             self._scaling.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -34,6 +34,7 @@ from lamina.core.errors import InvalidSpec, LaminaError, Unavailable
 from lamina.core.settings import InvokerSettings
 from lamina.function_cache import FunctionCache
 from lamina.lifecycle import run_until_signalled
+from lamina.ops_http import OpsServer, Probe
 from lamina.rpc import invoker_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class InvokerServer:
         self._server: grpc.aio.Server | None = None
         self._stream: InvokeStream | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._ops: OpsServer | None = None
 
     async def start(self) -> None:
         """Probe the sandbox (raising if the configured tier is unavailable), bind, serve,
@@ -123,7 +125,23 @@ class InvokerServer:
         for job in (self.functions.run(), self._keep_registered(), self._shipper.run(), self._records.run(),
                     self.pool.run()):
             self._tasks.append(asyncio.create_task(job))
+        if s.metrics_listen:
+            self._ops = OpsServer(s.metrics_listen, metrics=self.metrics.text, health=self._health,
+                                  ready=lambda: self._health(ready=True))
+            await self._ops.start()
         log.info("invoker %s serving on %s (isolation %s)", self.invoker_id, self.address, layers)
+
+    @property
+    def metrics_port(self) -> int:
+        """The bound port of the /metrics and probes listener (0 when LAMINA_METRICS_LISTEN is empty)."""
+        return self._ops.port if self._ops is not None else 0
+
+    def _health(self, ready: bool = False) -> Probe:
+        """Live while serving; ready once the controller knows this invoker (so the gateways will)."""
+        ok = self._server is not None and (not ready or self.registered.is_set())
+        return Probe(ok, {"component": "invoker", "invoker_id": self.invoker_id,
+                          "isolation": self.sandbox.layers() if self.sandbox else "",
+                          "registered": self.registered.is_set()})
 
     async def _keep_registered(self) -> None:
         """Register, then heartbeat; register again when the controller forgot us; back off
@@ -166,6 +184,9 @@ class InvokerServer:
                 self.sandbox = None
 
     async def _drain(self, grace: float | None) -> None:
+        if self._ops is not None:
+            await self._ops.stop()
+            self._ops = None
         if self._stream is not None:
             await self._stream.close(grace)
             self._stream = None

@@ -40,6 +40,12 @@ class CommonSettings:
     controller_url: str = "127.0.0.1:50051"
     """LAMINA_CONTROLLER_URL: host:port the gateway and invokers dial to reach the controller."""
 
+    metrics_listen: str = ""
+    """LAMINA_METRICS_LISTEN: host:port of the controller's or invoker's plain-HTTP listener
+    for /metrics (Prometheus) and /healthz, /readyz (probes). Empty means none: under
+    `lamina up` the gateway federates their metrics. The gateway serves all three on its own
+    port and ignores this."""
+
 
 @dataclass(frozen=True)
 class ControllerSettings(CommonSettings):
