@@ -30,8 +30,9 @@ from lamina import wire
 from lamina.core.errors import InvalidSpec, LaminaError
 from lamina.core.functions import validate_name, validate_spec
 from lamina.core.logs import STREAMS, LogRecord
+from lamina.core.queue import NewInvocation, Release
 from lamina.core.records import InvocationRecord
-from lamina.core.triggers import validate_trigger
+from lamina.core.triggers import Tick, validate_trigger
 from lamina.rpc import controller_pb2 as pb
 from lamina.rpc import controller_pb2_grpc as pb_grpc
 
@@ -39,6 +40,11 @@ log = logging.getLogger(__name__)
 
 DOWNLOAD_CHUNK_BYTES = 1 << 20
 _INTERNAL_MESSAGE = "internal error in the controller (the details are in its log)"
+_RELEASE_ACTIONS = {
+    pb.ReleaseInvocationRequest.COMPLETE: "complete",
+    pb.ReleaseInvocationRequest.RETRY: "retry",
+    pb.ReleaseInvocationRequest.DEAD_LETTER: "dead_letter",
+}
 _EVENT_TYPES = {
     EventType.PUT: pb.FunctionEvent.PUT,
     EventType.DELETE: pb.FunctionEvent.DELETE,
@@ -275,15 +281,16 @@ class ControllerServicer(pb_grpc.ControllerServicer):
     # async invocations
 
     @rpc
-    async def EnqueueInvocation(self, request: pb.EnqueueInvocationRequest, context: Any) -> pb.EnqueueInvocationResponse:
-        if request.idempotency_window_s < 0:
-            raise InvalidSpec(f"idempotency_window_s {request.idempotency_window_s} is negative")
-        inv, created = await asyncio.to_thread(
-            self._store.invocations.enqueue, validate_name(request.function), request.payload,
-            idempotency_key=request.idempotency_key, idempotency_window_s=request.idempotency_window_s,
-            callback_url=request.callback_url,
-        )
-        return pb.EnqueueInvocationResponse(invocation=wire.invocation_to_pb(inv), created=created)
+    async def EnqueueInvocations(self, request: pb.EnqueueInvocationsRequest,
+                                 context: Any) -> pb.EnqueueInvocationsResponse:
+        if any(r.idempotency_window_s < 0 for r in request.invocations):
+            raise InvalidSpec("an idempotency_window_s is negative")
+        batch = [NewInvocation(validate_name(r.function), r.payload, r.idempotency_key, r.idempotency_window_s,
+                               r.callback_url) for r in request.invocations]
+        stored = await asyncio.to_thread(self._store.invocations.enqueue_many, batch)
+        return pb.EnqueueInvocationsResponse(invocations=[
+            pb.EnqueueInvocationResponse(invocation=wire.invocation_to_pb(inv), created=created)
+            for inv, created in stored])
 
     @rpc
     async def LeaseInvocations(self, request: pb.LeaseInvocationsRequest, context: Any) -> pb.LeaseInvocationsResponse:
@@ -302,19 +309,18 @@ class ControllerServicer(pb_grpc.ControllerServicer):
         return pb.ExtendLeaseResponse()
 
     @rpc
-    async def ReleaseInvocation(self, request: pb.ReleaseInvocationRequest, context: Any) -> pb.AsyncInvocation:
-        queue, report = self._store.invocations, wire.report_from_pb(request)
-        action = pb.ReleaseInvocationRequest
-        if request.action == action.COMPLETE:
-            inv = await asyncio.to_thread(queue.complete, request.id, request.lease_token, report)
-        elif request.action == action.RETRY:
-            inv = await asyncio.to_thread(queue.retry, request.id, request.lease_token, request.delay_s, report,
-                                          count_attempt=request.count_attempt)
-        elif request.action == action.DEAD_LETTER:
-            inv = await asyncio.to_thread(queue.dead_letter, request.id, request.lease_token, report)
-        else:
-            raise InvalidSpec(f"unknown release action {request.action}")
-        return wire.invocation_to_pb(inv)
+    async def ReleaseInvocations(self, request: pb.ReleaseInvocationsRequest,
+                                 context: Any) -> pb.ReleaseInvocationsResponse:
+        releases = [Release(r.id, r.lease_token, _RELEASE_ACTIONS.get(r.action, ""), wire.report_from_pb(r), r.delay_s,
+                            r.count_attempt) for r in request.releases]
+        outcomes = await asyncio.to_thread(self._store.invocations.release_many, releases)
+        response = pb.ReleaseInvocationsResponse()
+        for outcome in outcomes:
+            if isinstance(outcome, LaminaError):
+                response.released.add(error_code=outcome.code, error_message=outcome.message)
+            else:
+                response.released.add(invocation=wire.invocation_to_pb(outcome))
+        return response
 
     @rpc
     async def GetInvocation(self, request: pb.GetInvocationRequest, context: Any) -> pb.AsyncInvocation:
@@ -344,6 +350,20 @@ class ControllerServicer(pb_grpc.ControllerServicer):
     async def PurgeDeadLetters(self, request: pb.PurgeDeadLettersRequest, context: Any) -> pb.DeadLettersCount:
         count = await asyncio.to_thread(self._store.invocations.purge, validate_name(request.function))
         return pb.DeadLettersCount(count=count)
+
+    @rpc
+    async def GetQueueStats(self, request: pb.GetQueueStatsRequest, context: Any) -> pb.GetQueueStatsResponse:
+        stats = await asyncio.to_thread(self._store.invocations.stats)
+        return pb.GetQueueStatsResponse(functions=[
+            pb.FunctionQueueStats(function=name, waiting=s.waiting, oldest_enqueued_at=s.oldest_enqueued_at,
+                                  dead_letters=s.dead_letters) for name, s in sorted(stats.items())])
+
+    @rpc
+    async def PruneInvocations(self, request: pb.PruneInvocationsRequest, context: Any) -> pb.PruneInvocationsResponse:
+        if request.limit < 0:
+            raise InvalidSpec(f"limit {request.limit} is negative")
+        count = await asyncio.to_thread(self._store.invocations.prune, request.retention_s, request.limit)
+        return pb.PruneInvocationsResponse(count=count)
 
     # cron triggers
 
@@ -376,20 +396,23 @@ class ControllerServicer(pb_grpc.ControllerServicer):
         return pb.ReleaseLeaseResponse(released=released)
 
     @rpc
-    async def ClaimFire(self, request: pb.ClaimFireRequest, context: Any) -> pb.ClaimFireResponse:
-        fire, claimed, previous = await asyncio.to_thread(
-            self._store.triggers.claim_fire, request.trigger_id, request.scheduled_at, lease=request.lease,
-            holder=request.holder, detail=request.detail)
-        response = pb.ClaimFireResponse(fire=wire.fire_to_pb(fire), claimed=claimed)
-        if previous is not None:
-            response.previous.CopyFrom(wire.fire_to_pb(previous))
+    async def ClaimFires(self, request: pb.ClaimFiresRequest, context: Any) -> pb.ClaimFiresResponse:
+        ticks = [Tick(t.trigger_id, t.scheduled_at, t.detail) for t in request.ticks]
+        claims = await asyncio.to_thread(self._store.triggers.claim_fires, ticks, lease=request.lease,
+                                         holder=request.holder)
+        response = pb.ClaimFiresResponse()
+        for claim in claims:
+            msg = response.claims.add(claimed=claim.claimed)
+            if claim.fire is not None:
+                msg.fire.CopyFrom(wire.fire_to_pb(claim.fire))
+            if claim.previous is not None:
+                msg.previous.CopyFrom(wire.fire_to_pb(claim.previous))
         return response
 
     @rpc
-    async def FinishFire(self, request: pb.FinishFireRequest, context: Any) -> pb.CronFire:
-        fire = await asyncio.to_thread(self._store.triggers.finish_fire, request.id,
-                                       wire.fire_outcome(request.outcome), request.invocation_id, request.detail)
-        return wire.fire_to_pb(fire)
+    async def FinishFires(self, request: pb.FinishFiresRequest, context: Any) -> pb.FinishFiresResponse:
+        finishes = [(f.id, wire.fire_outcome(f.outcome), f.invocation_id, f.detail) for f in request.fires]
+        return pb.FinishFiresResponse(finished=await asyncio.to_thread(self._store.triggers.finish_fires, finishes))
 
     @rpc
     async def ListFires(self, request: pb.ListFiresRequest, context: Any) -> pb.ListFiresResponse:

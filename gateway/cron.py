@@ -1,26 +1,36 @@
 """Cron firing: one active scheduler among the gateway replicas, each tick fired once.
 
-Every gateway with ``LAMINA_CRON`` on runs a :class:`CronScheduler`, a candidate. It tries
-to take the ``cron`` lease through the controller (a row with holder and expiry, taken and
-renewed by compare-and-set) every third of ``LAMINA_CRON_LEASE_S``. The holder runs an
-APScheduler ``AsyncIOScheduler`` with one job per trigger (``CronTrigger`` or
-``IntervalTrigger`` in the trigger's time zone, from ``lamina.core.triggers``), re-reading
-the triggers every ``LAMINA_CRON_SYNC_INTERVAL_S``. A candidate that learns it lost the
-lease, or could not renew it for most of its length, shuts its scheduler down at once.
+Every gateway with ``LAMINA_CRON`` on runs a :class:`CronScheduler`, a candidate. It takes or
+renews the ``cron`` lease through the controller (a row with holder and expiry, taken and
+renewed by compare-and-set) every third of ``LAMINA_CRON_LEASE_S``, on a timer of its own:
+nothing else this class does waits on it or delays it, so a burst of fires can never make the
+holder miss a renewal. The holder runs an APScheduler ``AsyncIOScheduler`` with one job per
+trigger (``CronTrigger`` or ``IntervalTrigger`` in the trigger's time zone, from
+``lamina.core.triggers``), re-reading the triggers every ``LAMINA_CRON_SYNC_INTERVAL_S``. A
+candidate that learns it lost the lease, or could not renew it for most of its length, shuts
+its scheduler down at once.
 
-A tick is fired in this order (``_fire``):
+APScheduler hands every due tick to :class:`TickExecutor`, which only collects it; the ticks
+due at one instant (a thousand schedules on the same second) are fired together
+(``_fire_batch``), in this order:
 
-1. **claim**: the controller records (trigger, tick) as pending under a unique index, only
-   for the lease holder. A tick already recorded (a failover, a deposed leader running late)
-   comes back unclaimed and is dropped: a tick never fires twice;
+1. **claim**: one controller call records every (trigger, tick) of the batch as pending under
+   a unique index, in one transaction, only for the lease holder. A tick already recorded (a
+   failover, a deposed leader running late) comes back unclaimed and is dropped: a tick never
+   fires twice;
 2. **overlap**: with policy ``skip``, if the invocation of the trigger's previous fire is
    still queued or running, the tick is recorded as skipped;
-3. **enqueue** an async invocation through the queue interface (so retries and the DLQ
-   apply, and it runs even when the function has no warm worker), with
-   ``cron:<trigger>:<tick>`` as its idempotency key, then record it as fired.
+3. **enqueue** the async invocations through the queue interface in one batch (one
+   transaction on the database; pipelined publishes on NATS), so retries and the DLQ apply and
+   a tick runs even when the function has no warm worker, each with ``cron:<trigger>:<tick>``
+   as its idempotency key; then record the batch's outcomes in one call.
 
-A crash between 1 and 3 leaves the fire pending; the next leader re-enqueues pending fires
-when it starts (the idempotency key makes that safe if the first enqueue did land).
+So a busy second costs three controller writes, not three per trigger. While a batch is in
+flight the next ticks gather into the next one (at most ``MAX_IN_FLIGHT`` at once), so a
+slow controller makes batches larger rather than fires later and later.
+
+A crash between 1 and 3 leaves fires pending; the next leader re-enqueues pending fires when
+it starts (the idempotency key makes that safe if the first enqueue did land).
 
 Missed ticks (no scheduler was running at their time): policy ``skip`` forgets them;
 ``run-once`` fires the most recent one when a scheduler starts, if it is newer than the
@@ -36,19 +46,19 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from apscheduler.executors.asyncio import AsyncIOExecutor
+from apscheduler.executors.base import BaseExecutor
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from gateway.metrics import GatewayMetrics
 from lamina.controller_client import ControllerClient
-from lamina.core.errors import Conflict, InvalidSpec, LaminaError, NotFound
-from lamina.core.queue import InvocationQueue, InvocationState
+from lamina.core.errors import Conflict, InvalidSpec, LaminaError, LimitExceeded, NotFound
+from lamina.core.queue import Invocation, InvocationQueue, InvocationState, NewInvocation
 from lamina.core.settings import GatewaySettings
-from lamina.core.triggers import FireOutcome, Missed, Overlap, Trigger, last_tick, scheduled_event
+from lamina.core.triggers import Claim, Fire, FireOutcome, Missed, Overlap, Tick, Trigger, last_tick, scheduled_event
 from lamina.function_cache import FunctionCache
 
 log = logging.getLogger(__name__)
@@ -59,31 +69,31 @@ LEASE = "cron"
 #: margin before the controller would give the lease to another gateway.
 _SAFE_SHARE = 0.8
 _BUSY = (InvocationState.QUEUED, InvocationState.RUNNING)
+#: Most ticks in one batch (the controller's limit per call).
+MAX_BATCH = 1000
+#: Batches in flight at once; later ticks wait for a slot, gathered into larger batches.
+MAX_IN_FLIGHT = 4
+#: Pending fires re-enqueued per function when a scheduler starts.
+_RECOVER_LIMIT = 1000
+
+#: What became of one fire: (function, fire id, outcome, invocation id, detail).
+Finish = tuple[str, int, FireOutcome, str, str]
 
 
-class TickExecutor(AsyncIOExecutor):
-    """APScheduler's asyncio executor, but the job coroutine receives each scheduled run time
-    (the tick) as its ``tick`` keyword: the tick, not the wall clock, identifies a fire."""
+class TickExecutor(BaseExecutor):
+    """An APScheduler executor that runs nothing: it hands each scheduled run time (the
+    tick, not the wall clock, identifies a fire) to the job's function, synchronously, which
+    only collects it; the scheduler fires what it collected in batches."""
+
+    def start(self, scheduler: Any, alias: str) -> None:
+        super().start(scheduler, alias)
+        self._eventloop = scheduler._eventloop
 
     def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
-        async def run() -> list[Any]:
-            for run_time in run_times:
-                await job.func(*job.args, **job.kwargs, tick=run_time)
-            return []
-
-        def done(future: asyncio.Future[list[Any]]) -> None:
-            self._pending_futures.discard(future)
-            if future.cancelled():
-                self._run_job_success(job.id, [])
-            elif future.exception() is not None:
-                exc = future.exception()
-                self._run_job_error(job.id, exc, exc.__traceback__ if exc else None)
-            else:
-                self._run_job_success(job.id, future.result())
-
-        future = self._eventloop.create_task(run())
-        future.add_done_callback(done)
-        self._pending_futures.add(future)
+        for run_time in run_times:
+            job.func(*job.args, **job.kwargs, tick=run_time)
+        # After submit_job counted this instance: the job is done as soon as it is collected.
+        self._eventloop.call_soon(self._run_job_success, job.id, [])
 
 
 def holder_id() -> str:
@@ -110,7 +120,10 @@ class CronScheduler:
         self._jobs: dict[str, Trigger] = {}
         self._valid_until = 0.0  # monotonic: when an unrenewed lease stops being safe to use
         self._wake = asyncio.Event()
-        self._starting: asyncio.Task[None] | None = None
+        self._starting = False  # the scheduler just started: recover pending fires, catch up
+        self._due: list[tuple[Trigger, Tick]] = []
+        self._flush_scheduled = False
+        self._in_flight: set[asyncio.Task[None]] = set()
 
     @property
     def leader(self) -> bool:
@@ -124,33 +137,34 @@ class CronScheduler:
     async def run(self) -> None:
         """Contend for the lease and fire while holding it, until cancelled; then stop the
         scheduler and give the lease up so another gateway takes over at once."""
-        lease_s = self._settings.cron_lease_s
-        renew_every = lease_s / 3
-        next_renew = next_sync = 0.0
+        syncing = asyncio.create_task(self._keep_synced(), name="cron-sync")
         try:
-            while True:
-                now = time.monotonic()
-                if now >= next_renew:
-                    next_renew = now + renew_every
-                    await self._renew(lease_s)
-                if self.leader and time.monotonic() >= next_sync:
-                    next_sync = time.monotonic() + self._settings.cron_sync_interval_s
-                    await self._sync()
-                timeout = max(0.0, min(next_renew, next_sync if self.leader else next_renew) - time.monotonic())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
-                if self._wake.is_set():
-                    self._wake.clear()
-                    next_sync = 0.0
+            await self._keep_lease()
         finally:
+            syncing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await syncing
             self._stop("the gateway is stopping", level=logging.INFO)
+            # Fires claimed but not finished stay pending: the next leader re-enqueues them.
+            for task in list(self._in_flight):
+                task.cancel()
             with contextlib.suppress(LaminaError):
                 await self._controller.release_lease(LEASE, self.holder)
 
-    async def _renew(self, lease_s: float) -> None:
+    # -- the lease (its own timer) ------------------------------------------------------------
+
+    async def _keep_lease(self) -> None:
+        lease_s = self._settings.cron_lease_s
+        every = lease_s / 3
+        while True:
+            started = time.monotonic()
+            await self._renew(lease_s, every)
+            await asyncio.sleep(max(0.0, started + every - time.monotonic()))
+
+    async def _renew(self, lease_s: float, timeout: float) -> None:
         sent = time.monotonic()
         try:
-            lease = await self._controller.acquire_lease(LEASE, self.holder, lease_s, timeout=lease_s / 3)
+            lease = await self._controller.acquire_lease(LEASE, self.holder, lease_s, timeout=timeout)
         except LaminaError as exc:
             if self.leader and time.monotonic() >= self._valid_until:
                 self._stop(f"the lease could not be renewed for {lease_s * _SAFE_SHARE:.1f} s ({exc})")
@@ -162,141 +176,235 @@ class CronScheduler:
             return
         self._valid_until = sent + lease_s * _SAFE_SHARE
         if not self.leader:
-            await self._start()
+            self._start()
 
-    async def _start(self) -> None:
+    def _start(self) -> None:
         log.info("cron: %s holds the scheduler lease; starting the scheduler", self.holder)
         scheduler = AsyncIOScheduler(
             executors={"default": TickExecutor()}, timezone=UTC,
-            # Every tick is handed to _fire however late (it records the actual time); overlap
-            # is the trigger's policy, decided in _fire, never APScheduler's instance limit.
+            # Every tick is handed over however late (its fire records the actual time); overlap
+            # is the trigger's policy, decided when firing, never APScheduler's instance limit.
             job_defaults={"coalesce": False, "max_instances": 10_000, "misfire_grace_time": None},
         )
         scheduler.start()
-        self._scheduler, self._jobs = scheduler, {}
-        try:
-            await self._sync(starting=True)
-        except LaminaError as exc:
-            log.warning("cron: cannot read the triggers (%s); retrying", exc)
+        self._scheduler, self._jobs, self._starting = scheduler, {}, True
+        self._wake.set()  # the sync task adds the jobs, recovers pending fires and catches up
 
     def _stop(self, why: str, level: int = logging.WARNING) -> None:
         scheduler, self._scheduler = self._scheduler, None
         if scheduler is not None:
             log.log(level, "cron: stopping the scheduler of %s: %s", self.holder, why)
             scheduler.shutdown(wait=False)
-            self._jobs = {}
+            self._jobs, self._due = {}, []
 
-    async def _sync(self, *, starting: bool = False) -> None:
+    # -- the triggers ---------------------------------------------------------------------------
+
+    async def _keep_synced(self) -> None:
+        while True:
+            if self.leader:
+                starting, self._starting = self._starting, False
+                if not await self._sync(starting=starting):
+                    self._starting = self._starting or starting  # do the start's work next time
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._settings.cron_sync_interval_s)
+            self._wake.clear()
+
+    async def _sync(self, *, starting: bool = False) -> bool:
         """Make the scheduler's jobs the controller's triggers; when just started, re-enqueue
-        pending fires and run the missed ticks of ``run-once`` triggers."""
+        pending fires and run the missed ticks of ``run-once`` triggers. False if the
+        triggers could not be read."""
         try:
             triggers = {t.id: t for t in await self._controller.list_triggers()}
         except LaminaError as exc:
             log.warning("cron: cannot read the triggers (%s)", exc)
-            return
+            return False
         scheduler = self._scheduler
         if scheduler is None:
-            return
+            return True
         for trigger_id in set(self._jobs) - set(triggers):
             del self._jobs[trigger_id]
             with contextlib.suppress(Exception):
                 scheduler.remove_job(trigger_id)
-        added = [t for t_id, t in triggers.items() if t_id not in self._jobs]
-        for trigger in added:
+        catch_up = []
+        for trigger in [t for t_id, t in triggers.items() if t_id not in self._jobs]:
             try:
                 schedule = trigger.schedule()
             except InvalidSpec as exc:  # e.g. a time zone this host's tzdata lacks
                 log.error("cron: trigger %s of %s cannot be scheduled: %s", trigger.id, trigger.spec.function, exc)
                 continue
             self._jobs[trigger.id] = trigger
-            scheduler.add_job(self._fire, schedule, args=[trigger], id=trigger.id,
+            # The job fires the ticks after now; a tick up to now that no scheduler fired is
+            # missed (the newest of them is what run-once catches up on).
+            now = self._clock()
+            scheduler.add_job(self._collect, schedule, args=[trigger], id=trigger.id,
                               name=f"{trigger.spec.function}:{trigger.id}")
+            if starting and trigger.spec.missed is Missed.RUN_ONCE:
+                tick = last_tick(schedule, now)
+                if tick is not None and tick > trigger.last_tick and tick >= trigger.created_at:
+                    catch_up.append((trigger, Tick(trigger.id, tick, "catch-up")))
         if starting:
             await self._recover_pending(triggers)
-            now = self._clock()
-            for trigger in added:
-                if trigger.spec.missed is Missed.RUN_ONCE:
-                    tick = last_tick(trigger.schedule(), now)
-                    if tick is not None and tick > trigger.last_tick and tick >= trigger.created_at:
-                        await self._fire_tick(tick, trigger, detail="catch-up")
+            for start in range(0, len(catch_up), MAX_BATCH):
+                await self._fire_batch(catch_up[start:start + MAX_BATCH])
+        return True
 
     async def _recover_pending(self, triggers: dict[str, Trigger]) -> None:
-        functions = {t.spec.function for t in triggers.values()}
-        for function in sorted(functions):
+        stale = self._clock() - 1
+        found: list[tuple[Trigger, Fire]] = []
+        for function in sorted({t.spec.function for t in triggers.values()}):
             try:
-                pending = await self._controller.list_fires(function, 100, outcome=FireOutcome.PENDING.value)
+                pending = await self._controller.list_fires(function, _RECOVER_LIMIT,
+                                                            outcome=FireOutcome.PENDING.value)
             except LaminaError as exc:
                 log.warning("cron: cannot list pending fires of %s (%s)", function, exc)
                 continue
-            for fire in pending:
-                trigger = triggers.get(fire.trigger_id)
-                if trigger is not None and fire.fired_at < self._clock() - 1:
-                    await self._enqueue(trigger, fire.id, fire.scheduled_at, fire.detail)
+            found += [(triggers[f.trigger_id], f) for f in pending
+                      if f.trigger_id in triggers and f.fired_at < stale]
+        for start in range(0, len(found), MAX_BATCH):
+            await self._finish(await self._enqueue(found[start:start + MAX_BATCH]))
 
-    async def _fire(self, trigger: Trigger, tick: datetime | None = None) -> None:
+    # -- firing -----------------------------------------------------------------------------------
+
+    def _collect(self, trigger: Trigger, tick: datetime | None = None) -> None:
+        """APScheduler's job: note the tick; every tick collected before the event loop next
+        turns (all those due at one instant) goes into one batch."""
         assert tick is not None  # TickExecutor passes it
-        await self._fire_tick(tick.timestamp(), trigger)
-
-    async def _fire_tick(self, tick: float, trigger: Trigger, *, detail: str = "") -> None:
         if self._scheduler is None:
-            return  # deposed while this tick waited
+            return  # deposed
+        self._due.append((trigger, Tick(trigger.id, tick.timestamp())))
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if self._due and not self._flush_scheduled and len(self._in_flight) < MAX_IN_FLIGHT:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        while self._due and len(self._in_flight) < MAX_IN_FLIGHT:
+            batch, self._due = self._due[:MAX_BATCH], self._due[MAX_BATCH:]
+            task = asyncio.create_task(self._fire_batch(batch), name="cron-fire")
+            self._in_flight.add(task)
+            task.add_done_callback(self._flushed)
+
+    def _flushed(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("cron: firing a batch of ticks failed", exc_info=task.exception())
+        self._schedule_flush()
+
+    async def _fire_batch(self, batch: Sequence[tuple[Trigger, Tick]]) -> None:
+        """Claim, then fire, the batch's ticks (see the module's docstring)."""
+        if self._scheduler is None or not batch:
+            return  # deposed while these ticks waited
         try:
-            fire, claimed, previous = await self._controller.claim_fire(
-                trigger.id, tick, lease=LEASE, holder=self.holder, detail=detail)
+            claims = await self._controller.claim_fires([tick for _, tick in batch], lease=LEASE,
+                                                         holder=self.holder)
         except Conflict as exc:
             self._stop(exc.message)
             return
+        except LaminaError as exc:
+            log.warning("cron: %d tick(s) from %s not fired: cannot record them (%s)", len(batch),
+                        _iso(batch[0][1].scheduled_at), exc)
+            return
+        if any(c.fire is None for c in claims):
+            self.refresh()  # a trigger was removed meanwhile
+        now = self._clock()
+        claimed = [(trigger, c) for (trigger, _), c in zip(batch, claims, strict=True) if c.claimed and c.fire]
+        for _, claim in claimed:
+            self._metrics.cron_fire_lag.observe(max(0.0, now - claim.tick.scheduled_at))
+        skipped = await asyncio.gather(*(self._still_running(trigger, c) for trigger, c in claimed))
+        finishes: list[Finish] = [(trigger.spec.function, c.fire.id, FireOutcome.SKIPPED, "", why)
+                                  for (trigger, c), why in zip(claimed, skipped, strict=True) if c.fire and why]
+        fire = [(trigger, c.fire) for (trigger, c), why in zip(claimed, skipped, strict=True) if c.fire and not why]
+        await self._finish(finishes + await self._enqueue(fire))
+
+    async def _still_running(self, trigger: Trigger, claim: Claim) -> str:
+        """Why the tick is skipped under overlap ``skip`` ("" to fire it)."""
+        previous = claim.previous
+        if trigger.spec.overlap is not Overlap.SKIP or previous is None:
+            return ""
+        try:
+            inv = await self._queue.get(previous.invocation_id)
         except NotFound:
-            self.refresh()  # removed meanwhile
-            return
+            return ""
         except LaminaError as exc:
-            log.warning("cron: tick %s of trigger %s not fired: cannot record it (%s)", _iso(tick), trigger.id, exc)
-            return
-        if not claimed:
-            return
-        self._metrics.cron_fire_lag.observe(max(0.0, self._clock() - tick))
-        if trigger.spec.overlap is Overlap.SKIP and previous is not None:
+            log.warning("cron: cannot check the previous run of trigger %s (%s); firing", trigger.id, exc)
+            return ""
+        if inv.state not in _BUSY:
+            return ""
+        return f"invocation {previous.invocation_id} of the tick at {_iso(previous.scheduled_at)} is still {inv.state.value}"
+
+    async def _enqueue(self, fires: Sequence[tuple[Trigger, Fire]]) -> list[Finish]:
+        """Enqueue the fires' invocations in one batch; how each fire ended. A fire whose
+        invocation could not be stored (the queue is away) is left pending, for the next
+        leader to re-enqueue."""
+        if not fires:
+            return []
+        finishes: list[Finish] = []
+        gone = await self._missing_functions({trigger.spec.function for trigger, _ in fires})
+        ready = []
+        for trigger, fire in fires:
+            if trigger.spec.function in gone:
+                finishes.append((trigger.spec.function, fire.id, FireOutcome.FAILED, "", gone[trigger.spec.function]))
+            else:
+                ready.append((trigger, fire))
+        news = [NewInvocation(trigger.spec.function, scheduled_event(trigger, fire.scheduled_at, fire.id),
+                              idempotency_key=f"cron:{trigger.id}:{fire.scheduled_at:.3f}",
+                              idempotency_window_s=self._settings.idempotency_window_s)
+                for trigger, fire in ready]
+        try:
+            stored: Sequence[tuple[Invocation, bool] | LaminaError] = await self._queue.enqueue_many(news)
+        except (InvalidSpec, LimitExceeded):
+            # One refused event spoils the batch: enqueue each alone so the others still fire.
+            stored = [await _enqueue_one(self._queue, new) for new in news]
+        except LaminaError as exc:
+            log.warning("cron: %d tick(s) recorded but not enqueued (%s); the next leader re-enqueues them",
+                        len(news), exc)
+            return finishes
+        for (_, fire), result in zip(ready, stored, strict=True):
+            if isinstance(result, (InvalidSpec, LimitExceeded)):
+                finishes.append((fire.function, fire.id, FireOutcome.FAILED, "", result.message))
+            elif isinstance(result, tuple):
+                finishes.append((fire.function, fire.id, FireOutcome.FIRED, result[0].id, fire.detail))
+            # else: the queue went away (left pending, as above)
+        if any(f[2] is FireOutcome.FIRED for f in finishes):
+            self._on_enqueue()
+        return finishes
+
+    async def _missing_functions(self, functions: set[str]) -> dict[str, str]:
+        """The functions that no longer exist, with why."""
+        gone = {}
+        for function in sorted(functions):
+            if self._cache.get(function) is not None:
+                continue
             try:
-                inv = await self._queue.get(previous.invocation_id)
-                busy = inv.state in _BUSY
-            except NotFound:
-                busy = False
-            except LaminaError as exc:
-                log.warning("cron: cannot check the previous run of trigger %s (%s); firing", trigger.id, exc)
-                busy = False
-            if busy:
-                await self._finish(trigger, fire.id, FireOutcome.SKIPPED, "", f"invocation {previous.invocation_id} of the "
-                                   f"tick at {_iso(previous.scheduled_at)} is still {inv.state.value}")
-                return
-        await self._enqueue(trigger, fire.id, tick, detail)
-
-    async def _enqueue(self, trigger: Trigger, fire_id: int, tick: float, detail: str) -> None:
-        function = trigger.spec.function
-        try:
-            if self._cache.get(function) is None:
                 await self._cache.resolve(function)
-            inv, _ = await self._queue.enqueue(
-                function, scheduled_event(trigger, tick, fire_id), idempotency_key=f"cron:{trigger.id}:{tick:.3f}",
-                idempotency_window_s=self._settings.idempotency_window_s)
-        except (NotFound, InvalidSpec) as exc:
-            await self._finish(trigger, fire_id, FireOutcome.FAILED, "", exc.message)
-            return
-        except LaminaError as exc:
-            # Left pending: the next leader's start re-enqueues it under the same key.
-            log.warning("cron: tick %s of trigger %s recorded but not enqueued (%s)", _iso(tick), trigger.id, exc)
-            return
-        self._on_enqueue()
-        await self._finish(trigger, fire_id, FireOutcome.FIRED, inv.id, detail)
+            except NotFound as exc:
+                gone[function] = exc.message
+            except LaminaError:
+                pass  # cannot tell now: the enqueue decides
+        return gone
 
-    async def _finish(self, trigger: Trigger, fire_id: int, outcome: FireOutcome, invocation_id: str,
-                      detail: str) -> None:
-        self._metrics.cron_fires.labels(trigger.spec.function, outcome.value).inc()
+    async def _finish(self, finishes: Sequence[Finish]) -> None:
+        """Record the fires' outcomes in one call (a fire finished already, by a recovery that
+        raced this one, is left as it is: the idempotency key kept one invocation)."""
+        if not finishes:
+            return
+        for function, _, outcome, _, _ in finishes:
+            self._metrics.cron_fires.labels(function, outcome.value).inc()
         try:
-            await self._controller.finish_fire(fire_id, outcome, invocation_id, detail)
-        except Conflict:
-            pass  # finished already (a recovery raced us); the idempotency key kept one invocation
+            await self._controller.finish_fires([f[1:] for f in finishes])
         except LaminaError as exc:
-            log.warning("cron: cannot record fire %d as %s (%s)", fire_id, outcome.value, exc)
+            log.warning("cron: cannot record the outcome of %d fire(s) (%s); they stay pending", len(finishes), exc)
+
+
+async def _enqueue_one(queue: InvocationQueue, new: NewInvocation) -> tuple[Invocation, bool] | LaminaError:
+    try:
+        return await queue.enqueue(new.function, new.payload, idempotency_key=new.idempotency_key,
+                                   idempotency_window_s=new.idempotency_window_s)
+    except LaminaError as exc:
+        return exc
 
 
 def _iso(unix: float) -> str:

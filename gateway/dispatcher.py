@@ -19,6 +19,12 @@ What happens after an attempt (the one place where it is decided):
 - the function no longer exists → ``failed`` (``Lamina.FunctionNotFound``).
 
 A final state with a callback URL is POSTed there (``gateway.callbacks``).
+
+Alongside, the dispatcher keeps the queue's gauges current (waiting invocations, the oldest
+one's age and the dead letters, per function, from ``InvocationQueue.stats`` every few
+seconds; a function that neither exists nor has anything queued loses its series) and
+deletes finished invocations older than ``LAMINA_ASYNC_RETENTION_S``. Every replica does
+both: the gauges say the same thing everywhere, and pruning is idempotent.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from gateway.callbacks import Callbacks
 from gateway.routes.invoke import run
 from lamina.core.errors import Conflict, LaminaError, NotFound
 from lamina.core.functions import Function
-from lamina.core.queue import Invocation, InvocationQueue, Report
+from lamina.core.queue import Invocation, InvocationQueue, QueueStats, Report
 from lamina.core.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -45,6 +51,21 @@ log = logging.getLogger(__name__)
 MAX_PLATFORM_DELAY_S = 300.0
 #: Jitter of retry delays: each is scaled by a factor in [1 - JITTER, 1 + JITTER].
 JITTER = 0.2
+#: Finished invocations deleted per prune call, and calls per round at most (so a backlog
+#: after a long outage is worked off over several rounds, never in one long transaction).
+PRUNE_BATCH, PRUNE_CALLS = 1000, 20
+
+
+def stats_interval(settings: GatewaySettings) -> float:
+    """Seconds between refreshes of the queue gauges: ten poll intervals, within 1..5 s (a
+    grouped query on the database, a few requests per function on NATS)."""
+    return min(5.0, max(1.0, 10 * settings.async_poll_interval_s))
+
+
+def prune_interval(settings: GatewaySettings) -> float:
+    """Seconds between prune rounds: a tenth of the retention window, within 1..60 s, so
+    nothing outlives the window by more than a tenth of it."""
+    return min(60.0, max(1.0, settings.async_retention_s / 10))
 
 
 def handler_retry_delay(fn: Function, attempt: int, rng: Callable[[], float] = random.random) -> float:
@@ -71,6 +92,8 @@ class Dispatcher:
         self._clock = clock
         self._wake = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
+        self._reported: set[str] = set()  # functions with queue gauge series
+        self._stats_failing = False
 
     def wake(self) -> None:
         """Look for due invocations now (one was just enqueued)."""
@@ -85,6 +108,7 @@ class Dispatcher:
         leases run out and they are redelivered)."""
         s = self._settings
         failures = 0
+        housekeeping = asyncio.create_task(self._housekeeping(), name="async-housekeeping")
         try:
             while True:
                 free = s.async_concurrency - len(self._running)
@@ -108,11 +132,65 @@ class Dispatcher:
                 if len(leased) < free:
                     await self._sleep(s.async_poll_interval_s)
         finally:
+            housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await housekeeping
             for task in list(self._running):
                 task.cancel()
             for task in list(self._running):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+    async def _housekeeping(self) -> None:
+        every, prune_every = stats_interval(self._settings), prune_interval(self._settings)
+        next_prune = time.monotonic()
+        while True:
+            await self.refresh_gauges()
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + prune_every
+                await self.prune()
+            await asyncio.sleep(every)
+
+    async def refresh_gauges(self) -> None:
+        """Set the queue gauges from the queue's stats: every function that exists or has
+        invocations waiting or dead-lettered; remove the series of the others."""
+        metrics = self._state.metrics
+        try:
+            stats = await self._queue.stats()
+        except LaminaError as exc:
+            if not self._stats_failing:  # once per outage, not every few seconds
+                log.warning("cannot read the async queue's stats (%s); the queue gauges are stale until it can", exc)
+            self._stats_failing = True
+            return
+        self._stats_failing = False
+        now = self._clock()
+        present = set(stats) | {fn.name for fn in self._state.cache.all()}
+        for name in present:
+            st = stats.get(name, QueueStats())
+            metrics.async_queue_depth.labels(name).set(st.waiting)
+            metrics.async_queue_age.labels(name).set(max(0.0, now - st.oldest_enqueued_at)
+                                                     if st.oldest_enqueued_at else 0.0)
+            metrics.async_dead_letters.labels(name).set(st.dead_letters)
+        for name in self._reported - present:
+            for gauge in (metrics.async_queue_depth, metrics.async_queue_age, metrics.async_dead_letters):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(name)
+        self._reported = present
+
+    async def prune(self) -> int:
+        """Delete finished invocations older than the retention window; how many."""
+        total = 0
+        try:
+            for _ in range(PRUNE_CALLS):
+                count = await self._queue.prune(self._settings.async_retention_s, PRUNE_BATCH)
+                total += count
+                if count < PRUNE_BATCH:
+                    break
+        except LaminaError as exc:
+            log.warning("cannot prune finished async invocations (%s); retrying later", exc)
+        if total:
+            log.info("pruned %d async invocation(s) finished over %.0f s ago", total, self._settings.async_retention_s)
+        return total
 
     async def _sleep(self, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -7,6 +7,10 @@ dispatchers lease disjoint sets without waiting on each other; SQLite serialises
 (``BEGIN IMMEDIATE``), which gives the same guarantee. Every release is a conditional UPDATE
 on (id, lease token, running): a dispatcher whose lease ran out and was taken over can no
 longer write, so each invocation gets one final record.
+
+A final row's ``due_at`` is set to its finish time (nothing is due any more), so the
+``(state, due_at)`` index that serves leasing also orders finished rows by age: pruning them
+after the retention window is a range scan, never a read of the whole table.
 """
 
 from __future__ import annotations
@@ -21,16 +25,28 @@ from sqlalchemy.engine import Connection, Row
 
 from controller.store.database import Database
 from controller.store.schema import async_invocations
-from lamina.core.errors import Conflict, InvalidSpec, NotFound
-from lamina.core.queue import CALLBACK_URL_MAX, IDEMPOTENCY_KEY_MAX, Invocation, InvocationState, Report, log_tail
+from lamina.core.errors import Conflict, InvalidSpec, LaminaError, NotFound
+from lamina.core.queue import (
+    CALLBACK_URL_MAX,
+    IDEMPOTENCY_KEY_MAX,
+    Invocation,
+    InvocationState,
+    NewInvocation,
+    QueueStats,
+    Release,
+    Report,
+    log_tail,
+)
 
 Q = async_invocations.c
 QUEUED, RUNNING = InvocationState.QUEUED.value, InvocationState.RUNNING.value
 DEAD = InvocationState.DEAD_LETTERED.value
+#: Final states that are pruned after the retention window (dead letters are kept).
+PRUNED = tuple(s.value for s in (InvocationState.SUCCEEDED, InvocationState.FAILED, InvocationState.CANCELLED))
 #: Candidates read per lease beyond the limit, so rows skipped for a function's concurrency
 #: limit within one batch do not leave the batch short.
 _OVERSCAN = 4
-MAX_LEASE, MAX_DEAD_LETTERS = 1000, 1000
+MAX_LEASE, MAX_DEAD_LETTERS, MAX_BATCH, MAX_PRUNE = 1000, 1000, 1000, 10_000
 ERROR_TYPE_CHARS = 128
 
 
@@ -43,33 +59,58 @@ class SQLInvocationStore:
 
     def enqueue(self, function: str, payload: bytes, *, idempotency_key: str = "",
                 idempotency_window_s: float = 0.0, callback_url: str = "") -> tuple[Invocation, bool]:
-        if len(idempotency_key) > IDEMPOTENCY_KEY_MAX:
-            raise InvalidSpec(f"idempotency key is longer than {IDEMPOTENCY_KEY_MAX} characters")
-        if len(callback_url) > CALLBACK_URL_MAX:
-            raise InvalidSpec(f"callback URL is longer than {CALLBACK_URL_MAX} characters")
+        return self.enqueue_many([NewInvocation(function, payload, idempotency_key, idempotency_window_s,
+                                                callback_url)])[0]
+
+    def enqueue_many(self, invocations: Sequence[NewInvocation]) -> list[tuple[Invocation, bool]]:
+        """Store each (or find its idempotency key's earlier invocation) in one transaction."""
+        if len(invocations) > MAX_BATCH:
+            raise InvalidSpec(f"{len(invocations)} invocations in one batch; at most {MAX_BATCH}")
+        for new in invocations:
+            if len(new.idempotency_key) > IDEMPOTENCY_KEY_MAX:
+                raise InvalidSpec(f"idempotency key is longer than {IDEMPOTENCY_KEY_MAX} characters")
+            if len(new.callback_url) > CALLBACK_URL_MAX:
+                raise InvalidSpec(f"callback URL is longer than {CALLBACK_URL_MAX} characters")
         now = self._clock()
+        out: list[tuple[Invocation, bool]] = []
         with self._db.write() as conn:
-            if idempotency_key:
-                if self._db.dialect == "postgresql":
-                    # Two replicas enqueueing the same key at once: one waits for the other's commit.
-                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
-                                 {"k": f"{function}\n{idempotency_key}"})
-                row = conn.execute(
+            keyed = sorted({(n.function, n.idempotency_key) for n in invocations if n.idempotency_key})
+            if keyed and self._db.dialect == "postgresql":
+                # Two replicas enqueueing the same key at once: one waits for the other's commit.
+                # Taken in one order, so two batches sharing keys cannot deadlock.
+                for function, key in keyed:
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"{function}\n{key}"})
+            seen: dict[tuple[str, str], tuple[Invocation, float]] = {}
+            if keyed:
+                window = max(n.idempotency_window_s for n in invocations if n.idempotency_key)
+                for row in conn.execute(
                     sa.select(async_invocations)
-                    .where(Q.function == function, Q.idempotency_key == idempotency_key,
-                           Q.created_at >= now - idempotency_window_s)
-                    .order_by(Q.created_at.desc()).limit(1)
-                ).first()
-                if row is not None:
-                    return _invocation(row), False
-            values = {
-                "id": str(uuid.uuid4()), "function": function, "payload": payload, "state": QUEUED, "attempts": 0,
-                "created_at": now, "enqueued_at": now, "due_at": now, "started_at": 0.0, "finished_at": 0.0,
-                "updated_at": now, "lease_token": "", "idempotency_key": idempotency_key,
-                "callback_url": callback_url, "result": b"", "error_type": "", "error_message": "", "logs": "",
-            }
-            conn.execute(sa.insert(async_invocations).values(**values))
-        return _invocation_from(values), True
+                    .where(Q.function.in_({f for f, _ in keyed}), Q.idempotency_key.in_({k for _, k in keyed}),
+                           Q.created_at >= now - window)
+                    .order_by(Q.created_at)
+                ).all():
+                    seen[(row.function, row.idempotency_key)] = (_invocation(row), float(row.created_at))
+            rows = []
+            for new in invocations:
+                key = (new.function, new.idempotency_key)
+                earlier = seen.get(key) if new.idempotency_key else None
+                if earlier is not None and earlier[1] >= now - new.idempotency_window_s:
+                    out.append((earlier[0], False))
+                    continue
+                values = {
+                    "id": str(uuid.uuid4()), "function": new.function, "payload": new.payload, "state": QUEUED,
+                    "attempts": 0, "created_at": now, "enqueued_at": now, "due_at": now, "started_at": 0.0,
+                    "finished_at": 0.0, "updated_at": now, "lease_token": "", "idempotency_key": new.idempotency_key,
+                    "callback_url": new.callback_url, "result": b"", "error_type": "", "error_message": "", "logs": "",
+                }
+                inv = _invocation_from(values)
+                if new.idempotency_key:
+                    seen[key] = (inv, now)  # a repeat within the batch gets this one
+                rows.append(values)
+                out.append((inv, True))
+            if rows:
+                conn.execute(sa.insert(async_invocations), rows)
+        return out
 
     def lease(self, limit: int, lease_s: float, concurrency: Mapping[str, int] | None = None) -> list[Invocation]:
         if limit <= 0:
@@ -129,18 +170,34 @@ class SQLInvocationStore:
             self._held(conn, invocation_id, lease_token, {"due_at": now + lease_s, "updated_at": now})
 
     def complete(self, invocation_id: str, lease_token: str, report: Report) -> Invocation:
-        state = InvocationState.FAILED if report.error_type else InvocationState.SUCCEEDED
-        return self._release(invocation_id, lease_token, state.value, report, final=True)
+        return self._release_one(Release(invocation_id, lease_token, "complete", report))
 
     def retry(self, invocation_id: str, lease_token: str, delay_s: float, report: Report, *,
               count_attempt: bool = True) -> Invocation:
-        extra: dict[str, Any] = {"due_at": self._clock() + max(0.0, delay_s)}
-        if not count_attempt:
-            extra["attempts"] = Q.attempts - 1
-        return self._release(invocation_id, lease_token, QUEUED, report, final=False, **extra)
+        return self._release_one(Release(invocation_id, lease_token, "retry", report, delay_s, count_attempt))
 
     def dead_letter(self, invocation_id: str, lease_token: str, report: Report) -> Invocation:
-        return self._release(invocation_id, lease_token, DEAD, report, final=True)
+        return self._release_one(Release(invocation_id, lease_token, "dead_letter", report))
+
+    def release_many(self, releases: Sequence[Release]) -> list[Invocation | LaminaError]:
+        """Apply each release in one transaction (a gateway's group commit); per release, the
+        invocation as released, or why not (``Conflict``, ``NotFound``, ``InvalidSpec``) —
+        one failing changes nothing of the others."""
+        if len(releases) > MAX_BATCH:
+            raise InvalidSpec(f"{len(releases)} releases in one batch; at most {MAX_BATCH}")
+        now = self._clock()
+        outcomes: list[str | LaminaError] = []
+        with self._db.write() as conn:
+            for release in releases:
+                try:
+                    self._held(conn, release.invocation_id, release.lease_token, _released(release, now))
+                    outcomes.append(release.invocation_id)
+                except (Conflict, NotFound, InvalidSpec) as exc:  # its UPDATE matched nothing
+                    outcomes.append(exc)
+            ids = [o for o in outcomes if isinstance(o, str)]
+            rows = {r.id: _invocation(r) for r in conn.execute(
+                sa.select(async_invocations).where(Q.id.in_(ids))).all()} if ids else {}
+        return [rows[o] if isinstance(o, str) else o for o in outcomes]
 
     def get(self, invocation_id: str) -> Invocation:
         with self._db.read() as conn:
@@ -155,7 +212,7 @@ class SQLInvocationStore:
             done = conn.execute(
                 sa.update(async_invocations)
                 .where(Q.id == invocation_id, Q.state == QUEUED, Q.attempts == 0)
-                .values(state=InvocationState.CANCELLED.value, finished_at=now, updated_at=now)
+                .values(state=InvocationState.CANCELLED.value, finished_at=now, due_at=now, updated_at=now)
             ).rowcount
             row = conn.execute(sa.select(async_invocations).where(Q.id == invocation_id)).first()
         if row is None:
@@ -192,19 +249,40 @@ class SQLInvocationStore:
                 sa.delete(async_invocations).where(Q.function == function, Q.state == DEAD)
             ).rowcount
 
-    def _release(self, invocation_id: str, lease_token: str, state: str, report: Report, *, final: bool,
-                 **extra: Any) -> Invocation:
-        now = self._clock()
-        values = {
-            "state": state, "lease_token": "", "updated_at": now, "result": report.result,
-            "error_type": report.error_type[:ERROR_TYPE_CHARS], "error_message": report.error_message,
-            "logs": log_tail(report.logs), **extra,
-        }
-        if final:
-            values["finished_at"] = now
+    def stats(self) -> dict[str, QueueStats]:
+        """One grouped query over the queued and dead-lettered rows (the ``(state, due_at)``
+        index's two ranges), never the finished ones."""
+        with self._db.read() as conn:
+            rows = conn.execute(
+                sa.select(Q.function, Q.state, sa.func.count(), sa.func.min(Q.enqueued_at))
+                .where(Q.state.in_((QUEUED, DEAD))).group_by(Q.function, Q.state)
+            ).all()
+        stats: dict[str, QueueStats] = {}
+        for function, state, count, oldest in rows:
+            s = stats.get(function, QueueStats())
+            if state == QUEUED:
+                s = QueueStats(int(count), float(oldest or 0.0), s.dead_letters)
+            else:
+                s = QueueStats(s.waiting, s.oldest_enqueued_at, int(count))
+            stats[function] = s
+        return stats
+
+    def prune(self, retention_s: float, limit: int = 1000) -> int:
+        if retention_s < 0:
+            raise InvalidSpec(f"retention_s {retention_s} is negative")
+        limit = min(limit or 1000, MAX_PRUNE)
+        cutoff = self._clock() - retention_s
         with self._db.write() as conn:
-            self._held(conn, invocation_id, lease_token, values)
-            return _invocation(conn.execute(sa.select(async_invocations).where(Q.id == invocation_id)).one())
+            # Final rows have due_at = finished_at (see the module's docstring): an index range.
+            old = (sa.select(Q.id).where(Q.state.in_(PRUNED), Q.due_at < cutoff, Q.finished_at < cutoff)
+                   .order_by(Q.due_at).limit(limit))
+            return conn.execute(sa.delete(async_invocations).where(Q.id.in_(old))).rowcount
+
+    def _release_one(self, release: Release) -> Invocation:
+        (outcome,) = self.release_many([release])
+        if isinstance(outcome, LaminaError):
+            raise outcome
+        return outcome
 
     @staticmethod
     def _held(conn: Connection, invocation_id: str, lease_token: str, values: dict[str, Any]) -> None:
@@ -223,6 +301,28 @@ class SQLInvocationStore:
             raise NotFound(f"invocation {invocation_id!r} not found")
         raise Conflict(f"the lease on invocation {invocation_id!r} is lost (it is {state}, under another lease "
                        "or none): another dispatcher owns it now")
+
+
+def _released(release: Release, now: float) -> dict[str, Any]:
+    """The column values a release writes."""
+    report = release.report
+    values: dict[str, Any] = {
+        "lease_token": "", "updated_at": now, "result": report.result,
+        "error_type": report.error_type[:ERROR_TYPE_CHARS], "error_message": report.error_message,
+        "logs": log_tail(report.logs),
+    }
+    if release.action == "retry":
+        values.update(state=QUEUED, due_at=now + max(0.0, release.delay_s))
+        if not release.count_attempt:
+            values["attempts"] = Q.attempts - 1
+        return values
+    if release.action == "complete":
+        state = InvocationState.FAILED.value if report.error_type else InvocationState.SUCCEEDED.value
+    elif release.action == "dead_letter":
+        state = DEAD
+    else:
+        raise InvalidSpec(f"unknown release action {release.action!r}: expected complete, retry or dead_letter")
+    return {**values, "state": state, "finished_at": now, "due_at": now}
 
 
 def _invocation(row: Row[Any]) -> Invocation:

@@ -9,34 +9,42 @@ Exactly-once per tick rests on two rules, both enforced here in one transaction 
   *before* its invocation is enqueued, and only while the claimer holds the lease. Whoever
   claims second (a deposed leader finishing a tick late, a new leader catching up) gets the
   existing record back and fires nothing.
+
+Ticks are claimed and finished in batches (every tick due at one instant in one
+transaction: ``INSERT … ON CONFLICT DO NOTHING RETURNING``, which both dialects speak), so a
+thousand schedules cost a few writes per instant, not a few per trigger.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Row
+from sqlalchemy.engine import Row
 
 from controller.store.database import Database
 from controller.store.schema import cron_fires, cron_triggers, functions, leases
 from lamina.core.errors import Conflict, InvalidSpec, LimitExceeded, NotFound
 from lamina.core.triggers import (
     TRIGGERS_PER_FUNCTION,
+    Claim,
     Fire,
     FireOutcome,
     Lease,
     Missed,
     Overlap,
+    Tick,
     Trigger,
     TriggerSpec,
 )
 
 T, F, L = cron_triggers.c, cron_fires.c, leases.c
 DEFAULT_FIRES, MAX_FIRES = 20, 1000
+#: Most ticks claimed or finished in one call (one transaction).
+MAX_BATCH = 1000
 PENDING = FireOutcome.PENDING.value
 _HOLDER_MAX, _LEASE_NAME_MAX = 128, 64
 
@@ -73,10 +81,11 @@ class SQLTriggerStore:
     def list(self, function: str = "") -> list[Trigger]:
         """The triggers of ``function`` ("" = every function), oldest first, each with its
         newest recorded tick."""
-        last = (sa.select(F.trigger_id, sa.func.max(F.scheduled_at).label("last_tick"))
-                .group_by(F.trigger_id).subquery())
-        query = (sa.select(cron_triggers, last.c.last_tick).outerjoin(last, last.c.trigger_id == T.id)
-                 .order_by(T.created_at, T.id))
+        # Correlated, so each trigger's newest tick is one probe of the (trigger_id, scheduled_at)
+        # index: the cost follows the number of triggers, not the length of the history.
+        last = (sa.select(sa.func.max(F.scheduled_at)).where(F.trigger_id == T.id)
+                .correlate(cron_triggers).scalar_subquery().label("last_tick"))
+        query = sa.select(cron_triggers, last).order_by(T.created_at, T.id)
         if function:
             query = query.where(T.function == function)
         with self._db.read() as conn:
@@ -124,65 +133,93 @@ class SQLTriggerStore:
 
     # fires
 
-    def claim_fire(self, trigger_id: str, scheduled_at: float, *, lease: str, holder: str,
-                   detail: str = "") -> tuple[Fire, bool, Fire | None]:
-        """Record tick ``scheduled_at`` of the trigger as pending, once: return the record,
-        True, and the trigger's newest earlier fire that enqueued an invocation (for the
-        overlap policy). If the tick is already recorded, return that record and False
-        (nothing is written). ``Conflict`` unless ``holder`` holds lease ``lease``;
-        ``NotFound`` for an unknown trigger."""
-        _check_lease_args(lease, holder)
-        tick = round(float(scheduled_at), 3)
-        now = self._clock()
-        try:
-            with self._db.write() as conn:
-                query = sa.select(L.holder, L.expires_at).where(L.name == lease)
-                if self._db.dialect == "postgresql":
-                    query = query.with_for_update(read=True)  # no CAS may move it until we commit
-                row = conn.execute(query).first()
-                if row is None or row.holder != holder or row.expires_at <= now:
-                    owner = row.holder if row is not None and row.expires_at > now else "nobody"
-                    raise Conflict(f"{holder!r} does not hold the {lease!r} lease ({owner} does): "
-                                   "it may not fire ticks")
-                trigger = conn.execute(sa.select(T.function).where(T.id == trigger_id)).first()
-                if trigger is None:
-                    raise NotFound(f"trigger {trigger_id!r} not found")
-                existing = _fire_at(conn, trigger_id, tick)
-                if existing is not None:
-                    return existing, False, None
-                previous = conn.execute(
-                    sa.select(cron_fires).where(F.trigger_id == trigger_id, F.invocation_id != "",
-                                                F.scheduled_at < tick)
-                    .order_by(F.scheduled_at.desc()).limit(1)
-                ).first()
-                values = {"trigger_id": trigger_id, "function": trigger.function, "scheduled_at": tick,
-                          "fired_at": now, "outcome": PENDING, "invocation_id": "", "detail": detail}
-                fire_id = conn.execute(sa.insert(cron_fires).values(**values).returning(F.id)).scalar_one()
-        except sa.exc.IntegrityError:
-            # Another claimer inserted the same tick between our read and our insert.
-            with self._db.read() as conn:
-                existing = _fire_at(conn, trigger_id, tick)
-            if existing is None:
-                raise
-            return existing, False, None
-        return _fire_from({"id": fire_id, **values}), True, _fire(previous) if previous is not None else None
+    def claim_fires(self, ticks: Sequence[Tick], *, lease: str, holder: str) -> list[Claim]:
+        """Record each tick as pending, once, in one transaction; one claim per tick, in order.
 
-    def finish_fire(self, fire_id: int, outcome: FireOutcome, invocation_id: str = "", detail: str = "") -> Fire:
-        """Record what became of a pending fire. ``Conflict`` if it is no longer pending,
-        ``NotFound`` if unknown."""
-        if outcome is FireOutcome.PENDING:
-            raise InvalidSpec("a fire can only be finished as fired, skipped or failed")
+        A tick not recorded before comes back ``claimed`` with its new pending record (and,
+        for a trigger with overlap ``skip``, the trigger's newest earlier fire that enqueued an
+        invocation); one already recorded (or repeated in ``ticks``) comes back unclaimed with
+        the existing record, nothing written; one of an unknown trigger comes back unclaimed
+        without a record. ``Conflict`` unless ``holder`` holds lease ``lease`` (then nothing is
+        recorded); ``InvalidSpec`` beyond ``MAX_BATCH`` ticks."""
+        _check_lease_args(lease, holder)
+        if len(ticks) > MAX_BATCH:
+            raise InvalidSpec(f"{len(ticks)} ticks in one claim; at most {MAX_BATCH}")
+        now = self._clock()
+        wanted = [(t.trigger_id, round(float(t.scheduled_at), 3)) for t in ticks]
         with self._db.write() as conn:
-            done = conn.execute(
-                sa.update(cron_fires).where(F.id == fire_id, F.outcome == PENDING)
-                .values(outcome=outcome.value, invocation_id=invocation_id, detail=detail)
-            ).rowcount
-            row = conn.execute(sa.select(cron_fires).where(F.id == fire_id)).first()
-        if row is None:
-            raise NotFound(f"cron fire {fire_id} not found")
-        if not done:
-            raise Conflict(f"cron fire {fire_id} is already {row.outcome}")
-        return _fire(row)
+            query = sa.select(L.holder, L.expires_at).where(L.name == lease)
+            if self._db.dialect == "postgresql":
+                query = query.with_for_update(read=True)  # no CAS may move it until we commit
+            row = conn.execute(query).first()
+            if row is None or row.holder != holder or row.expires_at <= now:
+                owner = row.holder if row is not None and row.expires_at > now else "nobody"
+                raise Conflict(f"{holder!r} does not hold the {lease!r} lease ({owner} does): "
+                               "it may not fire ticks")
+            if not ticks:
+                return []
+            triggers = {r.id: r for r in conn.execute(
+                sa.select(T.id, T.function, T.overlap).where(T.id.in_({t for t, _ in wanted}))).all()}
+            rows, keys = [], set()
+            for tick, key in zip(ticks, wanted, strict=True):
+                trigger = triggers.get(key[0])
+                if trigger is None or key in keys:
+                    continue
+                keys.add(key)
+                rows.append({"trigger_id": key[0], "function": trigger.function, "scheduled_at": key[1],
+                             "fired_at": now, "outcome": PENDING, "invocation_id": "", "detail": tick.detail})
+            new: dict[tuple[str, float], Fire] = {}
+            if rows:
+                # A tick recorded already (by a deposed leader, or a racing claim) is left alone:
+                # only the rows this statement inserted come back.
+                inserted = conn.execute(_insert_fires(self._db.dialect, rows).returning(F.id, F.trigger_id,
+                                                                                        F.scheduled_at)).all()
+                by_key = {(r["trigger_id"], r["scheduled_at"]): r for r in rows}
+                for r in inserted:
+                    key = (r.trigger_id, float(r.scheduled_at))
+                    new[key] = _fire_from({"id": r.id, **by_key[key]})
+            old: dict[tuple[str, float], Fire] = {}
+            if len(new) < len(keys):
+                rest = keys - set(new)
+                for r in conn.execute(sa.select(cron_fires).where(
+                        F.trigger_id.in_({t for t, _ in rest}), F.scheduled_at.in_({x for _, x in rest}))).all():
+                    if (r.trigger_id, float(r.scheduled_at)) in rest:
+                        old[(r.trigger_id, float(r.scheduled_at))] = _fire(r)
+            previous: dict[tuple[str, float], Fire] = {}
+            for key in new:
+                if triggers[key[0]].overlap == Overlap.SKIP.value:
+                    r = conn.execute(
+                        sa.select(cron_fires).where(F.trigger_id == key[0], F.invocation_id != "",
+                                                    F.scheduled_at < key[1])
+                        .order_by(F.scheduled_at.desc()).limit(1)
+                    ).first()
+                    if r is not None:
+                        previous[key] = _fire(r)
+        claims, answered = [], set()
+        for tick, key in zip(ticks, wanted, strict=True):
+            claimed = key in new and key not in answered
+            answered.add(key)
+            claims.append(Claim(tick=tick, fire=new.get(key) or old.get(key), claimed=claimed,
+                                previous=previous.get(key) if claimed else None))
+        return claims
+
+    def finish_fires(self, finishes: Sequence[tuple[int, FireOutcome, str, str]]) -> list[bool]:
+        """Record what became of pending fires, each ``(fire id, outcome, invocation id, detail)``,
+        in one transaction; per fire, whether it was pending (a fire finished already, or
+        unknown, is left alone). ``InvalidSpec`` for the outcome ``pending`` or beyond
+        ``MAX_BATCH`` fires."""
+        if len(finishes) > MAX_BATCH:
+            raise InvalidSpec(f"{len(finishes)} fires in one call; at most {MAX_BATCH}")
+        if any(outcome is FireOutcome.PENDING for _, outcome, _, _ in finishes):
+            raise InvalidSpec("a fire can only be finished as fired, skipped or failed")
+        done = []
+        with self._db.write() as conn:
+            for fire_id, outcome, invocation_id, detail in finishes:
+                done.append(conn.execute(
+                    sa.update(cron_fires).where(F.id == fire_id, F.outcome == PENDING)
+                    .values(outcome=outcome.value, invocation_id=invocation_id, detail=detail)
+                ).rowcount == 1)
+        return done
 
     def list_fires(self, function: str, limit: int = 0, *, trigger_id: str = "", outcome: str = "") -> list[Fire]:
         """The newest ``limit`` fires of ``function`` (0: 20, capped at 1000), newest tick
@@ -214,9 +251,13 @@ def _insert_ignore(dialect: str, values: Mapping[str, Any]) -> Any:
     return insert(leases).values(**values).on_conflict_do_nothing(index_elements=["name"])
 
 
-def _fire_at(conn: Connection, trigger_id: str, tick: float) -> Fire | None:
-    row = conn.execute(sa.select(cron_fires).where(F.trigger_id == trigger_id, F.scheduled_at == tick)).first()
-    return _fire(row) if row is not None else None
+def _insert_fires(dialect: str, rows: list[dict[str, Any]]) -> Any:
+    """INSERT the fire rows, skipping any (trigger, tick) already recorded."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(cron_fires).values(rows).on_conflict_do_nothing(index_elements=["trigger_id", "scheduled_at"])
 
 
 def _trigger(row: Row[Any]) -> Trigger:

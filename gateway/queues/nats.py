@@ -38,6 +38,16 @@ created on first use, on file storage, so they survive a NATS restart.
   key ``<function>.<sha256 of the key>`` = the first id and its time, claimed by create or
   compare-and-set, so concurrent requests with one key agree on one id.
 - **Dead letters** — bucket ``P_dead``, key ``<function>.<id>``: the function's list.
+- **Retention** — stream ``P_done`` (subject ``P.done``): a marker ``{"id", "at"}`` per invocation
+  that finished as succeeded, failed or cancelled, in finishing order. ``prune`` reads it from
+  the start, deletes the records of markers older than the window and purges the markers it
+  read: work in proportion to what expires, never a scan of the records. A marker is a plain
+  publish before the ack; a lost one is published again when the due message comes back.
+- **Stats** — from the stream's own bookkeeping: the due stream's message count per function
+  subject (every invocation not finished yet: JetStream keeps a message until it is acked, and
+  telling a queued one from a running one would mean reading every record), the record of
+  each function's first message (the oldest enqueued), and the dead bucket's keys per function.
+  A few requests per function, whatever the backlog.
 
 A message and a record cannot be written atomically; every gap is healed where it is found:
 a record queued but not yet published (the publish failed: the client got 503) is published
@@ -70,11 +80,22 @@ from nats.js.api import AckPolicy, ConsumerConfig, KeyValueConfig, RetentionPoli
 from nats.js.kv import KeyValue
 
 from lamina.core.errors import Conflict, InvalidSpec, LimitExceeded, NotFound, Unavailable
-from lamina.core.queue import CALLBACK_URL_MAX, IDEMPOTENCY_KEY_MAX, Invocation, InvocationState, Report, log_tail
+from lamina.core.queue import (
+    CALLBACK_URL_MAX,
+    IDEMPOTENCY_KEY_MAX,
+    Invocation,
+    InvocationState,
+    NewInvocation,
+    QueueStats,
+    Report,
+    log_tail,
+)
 
 QUEUED, RUNNING, DEAD = InvocationState.QUEUED, InvocationState.RUNNING, InvocationState.DEAD_LETTERED
 ERROR_TYPE_CHARS = 128
-MAX_LEASE, MAX_DEAD_LETTERS = 1000, 1000
+MAX_LEASE, MAX_DEAD_LETTERS, MAX_BATCH = 1000, 1000, 1000
+#: Retention markers read at once while pruning (concurrent requests).
+_PRUNE_CHUNK = 100
 #: Lease entries outlive a crashed holder by at most this (seconds); live ones are rewritten on extend.
 LEASE_ENTRY_TTL_S = 24 * 3600.0
 #: Bytes of a record besides the event and the result (fields, logs tail, error message), at most.
@@ -154,44 +175,65 @@ class JetStreamQueue:
 
     async def enqueue(self, function: str, payload: bytes, *, idempotency_key: str = "",
                       idempotency_window_s: float = 0.0, callback_url: str = "") -> tuple[Invocation, bool]:
-        if len(idempotency_key) > IDEMPOTENCY_KEY_MAX:
-            raise InvalidSpec(f"idempotency key is longer than {IDEMPOTENCY_KEY_MAX} characters")
-        if len(callback_url) > CALLBACK_URL_MAX:
-            raise InvalidSpec(f"callback URL is longer than {CALLBACK_URL_MAX} characters")
+        new = NewInvocation(function, payload, idempotency_key, idempotency_window_s, callback_url)
+        _check_limits(new)
         async with self._errors("enqueue"):
             await self._ready()
-            if len(payload) > self._nc_().max_payload - _RECORD_OVERHEAD:
-                raise LimitExceeded(f"the event of {len(payload)} bytes does not fit in a NATS message (max_payload "
-                                    f"{self._nc_().max_payload} bytes): lower LAMINA_MAX_ASYNC_PAYLOAD_BYTES")
-            now = self._clock()
-            new_id, created = str(uuid.uuid4()), True
-            if idempotency_key:
-                claimed = await self._claim(function, idempotency_key, idempotency_window_s, new_id, now)
-                if claimed != new_id:
-                    existing = await self._find(claimed)
-                    if existing is not None:
-                        stored = existing[0]
-                        if stored.inv.state is QUEUED and stored.inv.attempts == 0:
-                            await self._publish(stored)  # its first publish may have failed (deduplicated if not)
-                        return stored.inv, False
-                    # Claimed by a request that has not stored it yet, or failed to: finish it under that id.
-                    new_id, created = claimed, False
-            stored = _Stored(Invocation(
-                id=new_id, function=function, payload=payload, state=QUEUED, created_at=now, enqueued_at=now,
-                due_at=now, updated_at=now, idempotency_key=idempotency_key, callback_url=callback_url))
-            try:
-                await self._kv["records"].create(new_id, stored.encode())
-            except nats.js.errors.KeyWrongLastSequenceError:
-                stored = (await self._load(new_id))[0]  # the other request stored it first
-                return stored.inv, False
-            try:
-                await self._publish(stored)
-            except _NATS_ERRORS:
-                if not idempotency_key:  # nobody can find it again: do not leave it behind
-                    with contextlib.suppress(*_NATS_ERRORS):
-                        await self._purge_key("records", new_id)
-                raise
-            return stored.inv, created
+            self._check_size(new)
+            return await self._enqueue(new)
+
+    async def enqueue_many(self, invocations: Sequence[NewInvocation]) -> list[tuple[Invocation, bool]]:
+        """Each enqueued concurrently on the one connection: the publishes are pipelined, and
+        each is acknowledged by the server before this returns."""
+        if len(invocations) > MAX_BATCH:
+            raise InvalidSpec(f"{len(invocations)} invocations in one batch; at most {MAX_BATCH}")
+        if not invocations:
+            return []
+        for new in invocations:
+            _check_limits(new)
+        async with self._errors("enqueue"):
+            await self._ready()
+            for new in invocations:
+                self._check_size(new)
+            return list(await asyncio.gather(*(self._enqueue(new) for new in invocations)))
+
+    def _check_size(self, new: NewInvocation) -> None:
+        if len(new.payload) > self._nc_().max_payload - _RECORD_OVERHEAD:
+            raise LimitExceeded(f"the event of {len(new.payload)} bytes does not fit in a NATS message (max_payload "
+                                f"{self._nc_().max_payload} bytes): lower LAMINA_MAX_ASYNC_PAYLOAD_BYTES")
+
+    async def _enqueue(self, new: NewInvocation) -> tuple[Invocation, bool]:
+        function, payload, idempotency_key = new.function, new.payload, new.idempotency_key
+        idempotency_window_s, callback_url = new.idempotency_window_s, new.callback_url
+        now = self._clock()
+        new_id, created = str(uuid.uuid4()), True
+        if idempotency_key:
+            claimed = await self._claim(function, idempotency_key, idempotency_window_s, new_id, now)
+            if claimed != new_id:
+                existing = await self._find(claimed)
+                if existing is not None:
+                    stored = existing[0]
+                    if stored.inv.state is QUEUED and stored.inv.attempts == 0:
+                        await self._publish(stored)  # its first publish may have failed (deduplicated if not)
+                    return stored.inv, False
+                # Claimed by a request that has not stored it yet, or failed to: finish it under that id.
+                new_id, created = claimed, False
+        stored = _Stored(Invocation(
+            id=new_id, function=function, payload=payload, state=QUEUED, created_at=now, enqueued_at=now,
+            due_at=now, updated_at=now, idempotency_key=idempotency_key, callback_url=callback_url))
+        try:
+            await self._kv["records"].create(new_id, stored.encode())
+        except nats.js.errors.KeyWrongLastSequenceError:
+            stored = (await self._load(new_id))[0]  # the other request stored it first
+            return stored.inv, False
+        try:
+            await self._publish(stored)
+        except _NATS_ERRORS:
+            if not idempotency_key:  # nobody can find it again: do not leave it behind
+                with contextlib.suppress(*_NATS_ERRORS):
+                    await self._purge_key("records", new_id)
+            raise
+        return stored.inv, created
 
     async def lease(self, limit: int, lease_s: float, concurrency: Mapping[str, int] | None = None) -> list[Invocation]:
         if limit <= 0:
@@ -267,6 +309,7 @@ class JetStreamQueue:
                                                    updated_at=now))
                 with contextlib.suppress(_Raced):
                     await self._cas(done, revision)
+                    await self._mark_done(done.inv)
                     # Its due message stays until pulled, then is acked as stale.
                     return done.inv
 
@@ -314,6 +357,66 @@ class JetStreamQueue:
                     count += 1
                 await self._purge_key("dead", _key(function, stored.inv.id))
             return count
+
+    async def stats(self) -> dict[str, QueueStats]:
+        async with self._errors("read the queue's stats"):
+            await self._ready()
+            js, prefix = self._js_(), self._prefix
+            counts = (await js.stream_info(self._due_stream, subjects_filter=f"{prefix}.due.*")).state.subjects or {}
+            waiting = {subject.rsplit(".", 1)[1]: n for subject, n in counts.items() if n}
+
+            async def oldest(function: str) -> float:
+                # The function's first message is its oldest unfinished invocation (queued or running).
+                try:
+                    head = await js.get_msg(self._due_stream, seq=1, subject=f"{prefix}.due.{function}", next=True)
+                except nats.js.errors.NotFoundError:
+                    return 0.0  # acked since the count was read
+                found = await self._find(json.loads(head.data or b"{}").get("id", ""))
+                if found is None or found[0].inv.state.final:
+                    return 0.0  # a stale message, acked when next pulled
+                return found[0].inv.enqueued_at
+
+            oldest_at = dict(zip(waiting, await asyncio.gather(*(oldest(f) for f in waiting)), strict=True))
+            dead: dict[str, int] = {}
+            keys = (await js.stream_info(self._stream("dead"), subjects_filter=f"$KV.{self._bucket('dead')}.>")
+                    ).state.subjects or {}
+            for key, n in keys.items():
+                if n:
+                    function = key.split(".")[2]
+                    dead[function] = dead.get(function, 0) + 1
+            return {f: QueueStats(waiting.get(f, 0), oldest_at.get(f, 0.0), dead.get(f, 0))
+                    for f in sorted(set(waiting) | set(dead))}
+
+    async def prune(self, retention_s: float, limit: int = 1000) -> int:
+        if retention_s < 0:
+            raise InvalidSpec(f"retention_s {retention_s} is negative")
+        limit = limit or 1000
+        async with self._errors("prune finished invocations"):
+            await self._ready()
+            js, stream = self._js_(), self._done_stream
+            cutoff = self._clock() - retention_s
+            state = (await js.stream_info(stream)).state
+            seq, last, expired = state.first_seq, state.last_seq, []
+            while seq <= last and len(expired) < limit and state.messages:
+                chunk = list(range(seq, min(last, seq + _PRUNE_CHUNK - 1) + 1))
+                found = await asyncio.gather(*(js.get_msg(stream, seq=n) for n in chunk), return_exceptions=True)
+                for msg in found:
+                    if isinstance(msg, nats.js.errors.NotFoundError):
+                        seq += 1  # purged meanwhile (another replica prunes too)
+                        continue
+                    if isinstance(msg, BaseException):
+                        raise msg
+                    marker = json.loads(msg.data or b"{}")
+                    if marker.get("at", 0.0) >= cutoff or len(expired) == limit:
+                        last = -1  # markers are in finishing order: the rest are younger
+                        break
+                    expired.append(str(marker.get("id", "")))
+                    seq += 1
+            # Final records other than dead letters never change again: delete them as they are.
+            await asyncio.gather(*(self._purge_key("records", i) for i in expired if _is_key(i)))
+            if seq > state.first_seq:
+                await js.purge_stream(stream, seq=seq)  # the markers before seq
+            return len(expired)
 
     async def close(self) -> None:
         nc, self._nc, self._js = self._nc, None, None
@@ -369,8 +472,11 @@ class JetStreamQueue:
             if inv.state is RUNNING and inv.due_at > now:
                 return None  # a live lease (extended): leave it pending, its holder acks it
             if inv.state.final:
+                # Heal what a lost publish may have left out: the dead index, the retention marker.
                 if inv.state is DEAD:
                     await self._kv["dead"].put(_key(inv.function, inv.id), b"")
+                else:
+                    await self._mark_done(inv)
                 await nc.publish(msg.reply, b"+ACK")
                 return None
             if stored.counted and not counted:
@@ -428,6 +534,8 @@ class JetStreamQueue:
                 await self._purge_key("leases", _key(stored.inv.function, invocation_id))
             if state is DEAD:
                 await self._kv["dead"].put(_key(stored.inv.function, invocation_id), b"")
+            elif final:
+                await self._mark_done(stored.inv)
             # After the record: a lost ack or nak only means the message comes back and is settled then.
             await self._nc_().publish(stored.reply, _nak(delay_s) if state is QUEUED else b"+ACK")
             return stored.inv
@@ -487,6 +595,12 @@ class JetStreamQueue:
                                   timeout=self._timeout, stream=self._due_stream,
                                   headers={"Nats-Msg-Id": f"{inv.id}.{stored.gen}"})
 
+    async def _mark_done(self, inv: Invocation) -> None:
+        """The retention marker of a finished invocation: a plain publish (no server ack awaited,
+        so the hot path pays no round trip); the stream drops a duplicate by its message id."""
+        await self._nc_().publish(f"{self._prefix}.done", json.dumps({"id": inv.id, "at": inv.finished_at}).encode(),
+                                  headers={"Nats-Msg-Id": f"{inv.id}.done"})
+
     async def _dead_records(self, function: str) -> list[tuple[_Stored, int]]:
         keys = await self._subjects(self._stream("dead"), f"$KV.{self._bucket('dead')}.{function}.*")
         found = await asyncio.gather(*(self._find(k.rsplit(".", 1)[1]) for k in keys))
@@ -533,6 +647,10 @@ class JetStreamQueue:
     def _due_stream(self) -> str:
         return f"{self._prefix}_due"
 
+    @property
+    def _done_stream(self) -> str:
+        return f"{self._prefix}_done"
+
     def _bucket(self, name: str) -> str:
         return f"{self._prefix}_{name}"
 
@@ -568,6 +686,9 @@ class JetStreamQueue:
                 await _ensure_stream(js, StreamConfig(
                     name=self._due_stream, subjects=[f"{self._prefix}.due.*"], retention=RetentionPolicy.WORK_QUEUE,
                     storage=StorageType.FILE, duplicate_window=120.0))
+                await _ensure_stream(js, StreamConfig(
+                    name=self._done_stream, subjects=[f"{self._prefix}.done"], retention=RetentionPolicy.LIMITS,
+                    storage=StorageType.FILE, duplicate_window=120.0))
                 for bucket, ttl in (("records", None), ("idempotency", 3600.0), ("dead", None),
                                     ("leases", LEASE_ENTRY_TTL_S)):
                     self._kv[bucket] = await _ensure_bucket(js, self._bucket(bucket), ttl)
@@ -597,6 +718,13 @@ async def _ensure_bucket(js: JetStreamContext, bucket: str, ttl: float | None) -
         return await js.key_value(bucket)
     except nats.js.errors.NotFoundError:
         return await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, ttl=ttl, storage=StorageType.FILE))
+
+
+def _check_limits(new: NewInvocation) -> None:
+    if len(new.idempotency_key) > IDEMPOTENCY_KEY_MAX:
+        raise InvalidSpec(f"idempotency key is longer than {IDEMPOTENCY_KEY_MAX} characters")
+    if len(new.callback_url) > CALLBACK_URL_MAX:
+        raise InvalidSpec(f"callback URL is longer than {CALLBACK_URL_MAX} characters")
 
 
 def _key(function: str, name: str) -> str:

@@ -7,6 +7,9 @@ A lease that runs out (its dispatcher crashed) makes the invocation due again, s
 accepted is ever lost; a slow handler keeps its lease by extending it, so slowness alone
 never causes a second run (docs/async.md).
 
+Finished invocations (succeeded, failed, cancelled) are kept for a retention window and then
+pruned (``LAMINA_ASYNC_RETENTION_S``); dead-lettered ones stay until redriven or purged.
+
 Backends (``InvocationQueue``): the controller's database (``gateway/queues/database.py``,
 the default) and NATS JetStream. One contract suite (``tests/gateway/test_queue_contract.py``)
 runs against each.
@@ -60,7 +63,8 @@ class Invocation:
     created_at: float = 0.0
     #: When it was last (re)queued by a client or a redrive: the maximum event age counts from here.
     enqueued_at: float = 0.0
-    #: When it may be leased next (queued), or when its lease runs out (running).
+    #: When it may be leased next (queued), or when its lease runs out (running); once final,
+    #: when it finished (the database backend orders finished rows by it for pruning).
     due_at: float = 0.0
     started_at: float = 0.0
     finished_at: float = 0.0
@@ -79,6 +83,30 @@ class Invocation:
 
 
 @dataclass(frozen=True)
+class NewInvocation:
+    """One invocation to enqueue, as ``InvocationQueue.enqueue`` takes it (for ``enqueue_many``)."""
+
+    function: str
+    payload: bytes
+    idempotency_key: str = ""
+    idempotency_window_s: float = 0.0
+    callback_url: str = ""
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """One function's share of the queue, as the gateway's queue gauges show it."""
+
+    #: Invocations waiting to run: first runs and retries not yet due (see each backend for
+    #: what else it cannot tell apart cheaply).
+    waiting: int = 0
+    #: ``enqueued_at`` of the oldest waiting invocation (unix seconds; 0 when none waits).
+    oldest_enqueued_at: float = 0.0
+    #: Invocations in the function's dead-letter list.
+    dead_letters: int = 0
+
+
+@dataclass(frozen=True)
 class Report:
     """What one attempt produced, handed back with the lease."""
 
@@ -86,6 +114,21 @@ class Report:
     error_type: str = ""
     error_message: str = ""
     logs: str = ""
+
+
+@dataclass(frozen=True)
+class Release:
+    """A lease handed back with its outcome, as ``complete``, ``retry`` and ``dead_letter``
+    take it (the database backend sends several in one call)."""
+
+    invocation_id: str
+    lease_token: str
+    #: "complete", "retry" or "dead_letter".
+    action: str
+    report: Report = Report()
+    #: For "retry": seconds until it is due again, and whether the attempt counts.
+    delay_s: float = 0.0
+    count_attempt: bool = True
 
 
 def log_tail(logs: str) -> str:
@@ -109,6 +152,13 @@ class InvocationQueue(Protocol):
         With an ``idempotency_key``, an invocation of the same function enqueued with the same
         key within the last ``idempotency_window_s`` seconds is returned instead, with False
         (nothing is stored). ``InvalidSpec`` for a key or URL over the limits."""
+
+    async def enqueue_many(self, invocations: Sequence[NewInvocation]) -> list[tuple[Invocation, bool]]:
+        """``enqueue`` for each, in order, in as few round trips as the backend allows (the cron
+        scheduler enqueues every tick due at one instant at once). Either all are durable and
+        returned, or it raises; then some may have been stored, so callers that retry should
+        give each an idempotency key. ``InvalidSpec``/``LimitExceeded`` as ``enqueue``, for
+        the whole batch."""
 
     async def lease(self, limit: int, lease_s: float, concurrency: Mapping[str, int] | None = None) -> list[Invocation]:
         """Lease at most ``limit`` due invocations for ``lease_s`` seconds, oldest due first:
@@ -153,6 +203,17 @@ class InvocationQueue(Protocol):
 
     async def purge(self, function: str) -> int:
         """Delete the function's dead-lettered invocations; return how many."""
+
+    async def stats(self) -> dict[str, QueueStats]:
+        """Per function with invocations waiting or dead-lettered: how many wait, since when,
+        and how many are dead. Cheap enough to call every few seconds: it never reads
+        finished invocations."""
+
+    async def prune(self, retention_s: float, limit: int = 1000) -> int:
+        """Delete at most ``limit`` finished invocations (succeeded, failed, cancelled) that
+        finished more than ``retention_s`` seconds ago, oldest first; return how many (call
+        again while it returns ``limit``). Dead-lettered, queued and running ones are never
+        pruned. Idempotent; safe from several replicas at once."""
 
     async def close(self) -> None:
         """Release connections. Idempotent."""

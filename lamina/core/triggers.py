@@ -132,6 +132,30 @@ class Fire:
 
 
 @dataclass(frozen=True)
+class Tick:
+    """A tick to claim: one trigger's scheduled instant (unix seconds)."""
+
+    trigger_id: str
+    scheduled_at: float
+    #: Recorded with the fire: "catch-up" for a missed tick run once.
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What claiming one tick answered."""
+
+    tick: Tick
+    #: The tick's record: new and pending when ``claimed``, else the one recorded before;
+    #: None when the trigger no longer exists.
+    fire: Fire | None
+    #: Whether this claim recorded it (and so must fire it).
+    claimed: bool
+    #: For a trigger with overlap ``skip``: its newest earlier fire that enqueued an invocation.
+    previous: Fire | None = None
+
+
+@dataclass(frozen=True)
 class Lease:
     """A named lease as the store answered an acquire: who holds it, until when."""
 

@@ -454,6 +454,18 @@ class EnqueueInvocationResponse(_message.Message):
     created: bool
     def __init__(self, invocation: _Optional[_Union[AsyncInvocation, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
 
+class EnqueueInvocationsRequest(_message.Message):
+    __slots__ = ("invocations",)
+    INVOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    invocations: _containers.RepeatedCompositeFieldContainer[EnqueueInvocationRequest]
+    def __init__(self, invocations: _Optional[_Iterable[_Union[EnqueueInvocationRequest, _Mapping]]] = ...) -> None: ...
+
+class EnqueueInvocationsResponse(_message.Message):
+    __slots__ = ("invocations",)
+    INVOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    invocations: _containers.RepeatedCompositeFieldContainer[EnqueueInvocationResponse]
+    def __init__(self, invocations: _Optional[_Iterable[_Union[EnqueueInvocationResponse, _Mapping]]] = ...) -> None: ...
+
 class LeaseInvocationsRequest(_message.Message):
     __slots__ = ("limit", "lease_s", "concurrency")
     class ConcurrencyEntry(_message.Message):
@@ -523,6 +535,27 @@ class ReleaseInvocationRequest(_message.Message):
     logs: str
     def __init__(self, id: _Optional[str] = ..., lease_token: _Optional[str] = ..., action: _Optional[_Union[ReleaseInvocationRequest.Action, str]] = ..., delay_s: _Optional[float] = ..., count_attempt: _Optional[bool] = ..., result: _Optional[bytes] = ..., error_type: _Optional[str] = ..., error_message: _Optional[str] = ..., logs: _Optional[str] = ...) -> None: ...
 
+class ReleaseInvocationsRequest(_message.Message):
+    __slots__ = ("releases",)
+    RELEASES_FIELD_NUMBER: _ClassVar[int]
+    releases: _containers.RepeatedCompositeFieldContainer[ReleaseInvocationRequest]
+    def __init__(self, releases: _Optional[_Iterable[_Union[ReleaseInvocationRequest, _Mapping]]] = ...) -> None: ...
+
+class ReleaseInvocationsResponse(_message.Message):
+    __slots__ = ("released",)
+    class Released(_message.Message):
+        __slots__ = ("invocation", "error_code", "error_message")
+        INVOCATION_FIELD_NUMBER: _ClassVar[int]
+        ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+        ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+        invocation: AsyncInvocation
+        error_code: str
+        error_message: str
+        def __init__(self, invocation: _Optional[_Union[AsyncInvocation, _Mapping]] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ...) -> None: ...
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    released: _containers.RepeatedCompositeFieldContainer[ReleaseInvocationsResponse.Released]
+    def __init__(self, released: _Optional[_Iterable[_Union[ReleaseInvocationsResponse.Released, _Mapping]]] = ...) -> None: ...
+
 class GetInvocationRequest(_message.Message):
     __slots__ = ("id",)
     ID_FIELD_NUMBER: _ClassVar[int]
@@ -564,6 +597,42 @@ class PurgeDeadLettersRequest(_message.Message):
     def __init__(self, function: _Optional[str] = ...) -> None: ...
 
 class DeadLettersCount(_message.Message):
+    __slots__ = ("count",)
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    def __init__(self, count: _Optional[int] = ...) -> None: ...
+
+class GetQueueStatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class FunctionQueueStats(_message.Message):
+    __slots__ = ("function", "waiting", "oldest_enqueued_at", "dead_letters")
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_ENQUEUED_AT_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTERS_FIELD_NUMBER: _ClassVar[int]
+    function: str
+    waiting: int
+    oldest_enqueued_at: float
+    dead_letters: int
+    def __init__(self, function: _Optional[str] = ..., waiting: _Optional[int] = ..., oldest_enqueued_at: _Optional[float] = ..., dead_letters: _Optional[int] = ...) -> None: ...
+
+class GetQueueStatsResponse(_message.Message):
+    __slots__ = ("functions",)
+    FUNCTIONS_FIELD_NUMBER: _ClassVar[int]
+    functions: _containers.RepeatedCompositeFieldContainer[FunctionQueueStats]
+    def __init__(self, functions: _Optional[_Iterable[_Union[FunctionQueueStats, _Mapping]]] = ...) -> None: ...
+
+class PruneInvocationsRequest(_message.Message):
+    __slots__ = ("retention_s", "limit")
+    RETENTION_S_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    retention_s: float
+    limit: int
+    def __init__(self, retention_s: _Optional[float] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class PruneInvocationsResponse(_message.Message):
     __slots__ = ("count",)
     COUNT_FIELD_NUMBER: _ClassVar[int]
     count: int
@@ -679,41 +748,62 @@ class CronFire(_message.Message):
     detail: str
     def __init__(self, id: _Optional[int] = ..., trigger_id: _Optional[str] = ..., function: _Optional[str] = ..., scheduled_at: _Optional[float] = ..., fired_at: _Optional[float] = ..., outcome: _Optional[str] = ..., invocation_id: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
-class ClaimFireRequest(_message.Message):
-    __slots__ = ("trigger_id", "scheduled_at", "lease", "holder", "detail")
-    TRIGGER_ID_FIELD_NUMBER: _ClassVar[int]
-    SCHEDULED_AT_FIELD_NUMBER: _ClassVar[int]
+class ClaimFiresRequest(_message.Message):
+    __slots__ = ("lease", "holder", "ticks")
+    class Tick(_message.Message):
+        __slots__ = ("trigger_id", "scheduled_at", "detail")
+        TRIGGER_ID_FIELD_NUMBER: _ClassVar[int]
+        SCHEDULED_AT_FIELD_NUMBER: _ClassVar[int]
+        DETAIL_FIELD_NUMBER: _ClassVar[int]
+        trigger_id: str
+        scheduled_at: float
+        detail: str
+        def __init__(self, trigger_id: _Optional[str] = ..., scheduled_at: _Optional[float] = ..., detail: _Optional[str] = ...) -> None: ...
     LEASE_FIELD_NUMBER: _ClassVar[int]
     HOLDER_FIELD_NUMBER: _ClassVar[int]
-    DETAIL_FIELD_NUMBER: _ClassVar[int]
-    trigger_id: str
-    scheduled_at: float
+    TICKS_FIELD_NUMBER: _ClassVar[int]
     lease: str
     holder: str
-    detail: str
-    def __init__(self, trigger_id: _Optional[str] = ..., scheduled_at: _Optional[float] = ..., lease: _Optional[str] = ..., holder: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+    ticks: _containers.RepeatedCompositeFieldContainer[ClaimFiresRequest.Tick]
+    def __init__(self, lease: _Optional[str] = ..., holder: _Optional[str] = ..., ticks: _Optional[_Iterable[_Union[ClaimFiresRequest.Tick, _Mapping]]] = ...) -> None: ...
 
-class ClaimFireResponse(_message.Message):
-    __slots__ = ("fire", "claimed", "previous")
-    FIRE_FIELD_NUMBER: _ClassVar[int]
-    CLAIMED_FIELD_NUMBER: _ClassVar[int]
-    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
-    fire: CronFire
-    claimed: bool
-    previous: CronFire
-    def __init__(self, fire: _Optional[_Union[CronFire, _Mapping]] = ..., claimed: _Optional[bool] = ..., previous: _Optional[_Union[CronFire, _Mapping]] = ...) -> None: ...
+class ClaimFiresResponse(_message.Message):
+    __slots__ = ("claims",)
+    class Claim(_message.Message):
+        __slots__ = ("fire", "claimed", "previous")
+        FIRE_FIELD_NUMBER: _ClassVar[int]
+        CLAIMED_FIELD_NUMBER: _ClassVar[int]
+        PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+        fire: CronFire
+        claimed: bool
+        previous: CronFire
+        def __init__(self, fire: _Optional[_Union[CronFire, _Mapping]] = ..., claimed: _Optional[bool] = ..., previous: _Optional[_Union[CronFire, _Mapping]] = ...) -> None: ...
+    CLAIMS_FIELD_NUMBER: _ClassVar[int]
+    claims: _containers.RepeatedCompositeFieldContainer[ClaimFiresResponse.Claim]
+    def __init__(self, claims: _Optional[_Iterable[_Union[ClaimFiresResponse.Claim, _Mapping]]] = ...) -> None: ...
 
-class FinishFireRequest(_message.Message):
-    __slots__ = ("id", "outcome", "invocation_id", "detail")
-    ID_FIELD_NUMBER: _ClassVar[int]
-    OUTCOME_FIELD_NUMBER: _ClassVar[int]
-    INVOCATION_ID_FIELD_NUMBER: _ClassVar[int]
-    DETAIL_FIELD_NUMBER: _ClassVar[int]
-    id: int
-    outcome: str
-    invocation_id: str
-    detail: str
-    def __init__(self, id: _Optional[int] = ..., outcome: _Optional[str] = ..., invocation_id: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+class FinishFiresRequest(_message.Message):
+    __slots__ = ("fires",)
+    class Finish(_message.Message):
+        __slots__ = ("id", "outcome", "invocation_id", "detail")
+        ID_FIELD_NUMBER: _ClassVar[int]
+        OUTCOME_FIELD_NUMBER: _ClassVar[int]
+        INVOCATION_ID_FIELD_NUMBER: _ClassVar[int]
+        DETAIL_FIELD_NUMBER: _ClassVar[int]
+        id: int
+        outcome: str
+        invocation_id: str
+        detail: str
+        def __init__(self, id: _Optional[int] = ..., outcome: _Optional[str] = ..., invocation_id: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+    FIRES_FIELD_NUMBER: _ClassVar[int]
+    fires: _containers.RepeatedCompositeFieldContainer[FinishFiresRequest.Finish]
+    def __init__(self, fires: _Optional[_Iterable[_Union[FinishFiresRequest.Finish, _Mapping]]] = ...) -> None: ...
+
+class FinishFiresResponse(_message.Message):
+    __slots__ = ("finished",)
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    finished: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, finished: _Optional[_Iterable[bool]] = ...) -> None: ...
 
 class ListFiresRequest(_message.Message):
     __slots__ = ("function", "trigger_id", "limit", "outcome")

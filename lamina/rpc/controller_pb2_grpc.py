@@ -124,10 +124,10 @@ class ControllerStub:
                 request_serializer=lamina_dot_v1_dot_controller__pb2.QueryRecordsRequest.SerializeToString,
                 response_deserializer=lamina_dot_v1_dot_controller__pb2.QueryRecordsResponse.FromString,
                 _registered_method=True)
-        self.EnqueueInvocation = channel.unary_unary(
-                '/lamina.v1.Controller/EnqueueInvocation',
-                request_serializer=lamina_dot_v1_dot_controller__pb2.EnqueueInvocationRequest.SerializeToString,
-                response_deserializer=lamina_dot_v1_dot_controller__pb2.EnqueueInvocationResponse.FromString,
+        self.EnqueueInvocations = channel.unary_unary(
+                '/lamina.v1.Controller/EnqueueInvocations',
+                request_serializer=lamina_dot_v1_dot_controller__pb2.EnqueueInvocationsRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_controller__pb2.EnqueueInvocationsResponse.FromString,
                 _registered_method=True)
         self.LeaseInvocations = channel.unary_unary(
                 '/lamina.v1.Controller/LeaseInvocations',
@@ -139,10 +139,10 @@ class ControllerStub:
                 request_serializer=lamina_dot_v1_dot_controller__pb2.ExtendLeaseRequest.SerializeToString,
                 response_deserializer=lamina_dot_v1_dot_controller__pb2.ExtendLeaseResponse.FromString,
                 _registered_method=True)
-        self.ReleaseInvocation = channel.unary_unary(
-                '/lamina.v1.Controller/ReleaseInvocation',
-                request_serializer=lamina_dot_v1_dot_controller__pb2.ReleaseInvocationRequest.SerializeToString,
-                response_deserializer=lamina_dot_v1_dot_controller__pb2.AsyncInvocation.FromString,
+        self.ReleaseInvocations = channel.unary_unary(
+                '/lamina.v1.Controller/ReleaseInvocations',
+                request_serializer=lamina_dot_v1_dot_controller__pb2.ReleaseInvocationsRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_controller__pb2.ReleaseInvocationsResponse.FromString,
                 _registered_method=True)
         self.GetInvocation = channel.unary_unary(
                 '/lamina.v1.Controller/GetInvocation',
@@ -169,6 +169,16 @@ class ControllerStub:
                 request_serializer=lamina_dot_v1_dot_controller__pb2.PurgeDeadLettersRequest.SerializeToString,
                 response_deserializer=lamina_dot_v1_dot_controller__pb2.DeadLettersCount.FromString,
                 _registered_method=True)
+        self.GetQueueStats = channel.unary_unary(
+                '/lamina.v1.Controller/GetQueueStats',
+                request_serializer=lamina_dot_v1_dot_controller__pb2.GetQueueStatsRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_controller__pb2.GetQueueStatsResponse.FromString,
+                _registered_method=True)
+        self.PruneInvocations = channel.unary_unary(
+                '/lamina.v1.Controller/PruneInvocations',
+                request_serializer=lamina_dot_v1_dot_controller__pb2.PruneInvocationsRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_controller__pb2.PruneInvocationsResponse.FromString,
+                _registered_method=True)
         self.AddTrigger = channel.unary_unary(
                 '/lamina.v1.Controller/AddTrigger',
                 request_serializer=lamina_dot_v1_dot_controller__pb2.AddTriggerRequest.SerializeToString,
@@ -194,15 +204,15 @@ class ControllerStub:
                 request_serializer=lamina_dot_v1_dot_controller__pb2.ReleaseLeaseRequest.SerializeToString,
                 response_deserializer=lamina_dot_v1_dot_controller__pb2.ReleaseLeaseResponse.FromString,
                 _registered_method=True)
-        self.ClaimFire = channel.unary_unary(
-                '/lamina.v1.Controller/ClaimFire',
-                request_serializer=lamina_dot_v1_dot_controller__pb2.ClaimFireRequest.SerializeToString,
-                response_deserializer=lamina_dot_v1_dot_controller__pb2.ClaimFireResponse.FromString,
+        self.ClaimFires = channel.unary_unary(
+                '/lamina.v1.Controller/ClaimFires',
+                request_serializer=lamina_dot_v1_dot_controller__pb2.ClaimFiresRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_controller__pb2.ClaimFiresResponse.FromString,
                 _registered_method=True)
-        self.FinishFire = channel.unary_unary(
-                '/lamina.v1.Controller/FinishFire',
-                request_serializer=lamina_dot_v1_dot_controller__pb2.FinishFireRequest.SerializeToString,
-                response_deserializer=lamina_dot_v1_dot_controller__pb2.CronFire.FromString,
+        self.FinishFires = channel.unary_unary(
+                '/lamina.v1.Controller/FinishFires',
+                request_serializer=lamina_dot_v1_dot_controller__pb2.FinishFiresRequest.SerializeToString,
+                response_deserializer=lamina_dot_v1_dot_controller__pb2.FinishFiresResponse.FromString,
                 _registered_method=True)
         self.ListFires = channel.unary_unary(
                 '/lamina.v1.Controller/ListFires',
@@ -327,7 +337,7 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def EnqueueInvocation(self, request, context):
+    def EnqueueInvocations(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -345,7 +355,7 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ReleaseInvocation(self, request, context):
+    def ReleaseInvocations(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -381,6 +391,18 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetQueueStats(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PruneInvocations(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AddTrigger(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -411,13 +433,13 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ClaimFire(self, request, context):
+    def ClaimFires(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def FinishFire(self, request, context):
+    def FinishFires(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -528,10 +550,10 @@ def add_ControllerServicer_to_server(servicer, server):
                     request_deserializer=lamina_dot_v1_dot_controller__pb2.QueryRecordsRequest.FromString,
                     response_serializer=lamina_dot_v1_dot_controller__pb2.QueryRecordsResponse.SerializeToString,
             ),
-            'EnqueueInvocation': grpc.unary_unary_rpc_method_handler(
-                    servicer.EnqueueInvocation,
-                    request_deserializer=lamina_dot_v1_dot_controller__pb2.EnqueueInvocationRequest.FromString,
-                    response_serializer=lamina_dot_v1_dot_controller__pb2.EnqueueInvocationResponse.SerializeToString,
+            'EnqueueInvocations': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnqueueInvocations,
+                    request_deserializer=lamina_dot_v1_dot_controller__pb2.EnqueueInvocationsRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_controller__pb2.EnqueueInvocationsResponse.SerializeToString,
             ),
             'LeaseInvocations': grpc.unary_unary_rpc_method_handler(
                     servicer.LeaseInvocations,
@@ -543,10 +565,10 @@ def add_ControllerServicer_to_server(servicer, server):
                     request_deserializer=lamina_dot_v1_dot_controller__pb2.ExtendLeaseRequest.FromString,
                     response_serializer=lamina_dot_v1_dot_controller__pb2.ExtendLeaseResponse.SerializeToString,
             ),
-            'ReleaseInvocation': grpc.unary_unary_rpc_method_handler(
-                    servicer.ReleaseInvocation,
-                    request_deserializer=lamina_dot_v1_dot_controller__pb2.ReleaseInvocationRequest.FromString,
-                    response_serializer=lamina_dot_v1_dot_controller__pb2.AsyncInvocation.SerializeToString,
+            'ReleaseInvocations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseInvocations,
+                    request_deserializer=lamina_dot_v1_dot_controller__pb2.ReleaseInvocationsRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_controller__pb2.ReleaseInvocationsResponse.SerializeToString,
             ),
             'GetInvocation': grpc.unary_unary_rpc_method_handler(
                     servicer.GetInvocation,
@@ -573,6 +595,16 @@ def add_ControllerServicer_to_server(servicer, server):
                     request_deserializer=lamina_dot_v1_dot_controller__pb2.PurgeDeadLettersRequest.FromString,
                     response_serializer=lamina_dot_v1_dot_controller__pb2.DeadLettersCount.SerializeToString,
             ),
+            'GetQueueStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQueueStats,
+                    request_deserializer=lamina_dot_v1_dot_controller__pb2.GetQueueStatsRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_controller__pb2.GetQueueStatsResponse.SerializeToString,
+            ),
+            'PruneInvocations': grpc.unary_unary_rpc_method_handler(
+                    servicer.PruneInvocations,
+                    request_deserializer=lamina_dot_v1_dot_controller__pb2.PruneInvocationsRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_controller__pb2.PruneInvocationsResponse.SerializeToString,
+            ),
             'AddTrigger': grpc.unary_unary_rpc_method_handler(
                     servicer.AddTrigger,
                     request_deserializer=lamina_dot_v1_dot_controller__pb2.AddTriggerRequest.FromString,
@@ -598,15 +630,15 @@ def add_ControllerServicer_to_server(servicer, server):
                     request_deserializer=lamina_dot_v1_dot_controller__pb2.ReleaseLeaseRequest.FromString,
                     response_serializer=lamina_dot_v1_dot_controller__pb2.ReleaseLeaseResponse.SerializeToString,
             ),
-            'ClaimFire': grpc.unary_unary_rpc_method_handler(
-                    servicer.ClaimFire,
-                    request_deserializer=lamina_dot_v1_dot_controller__pb2.ClaimFireRequest.FromString,
-                    response_serializer=lamina_dot_v1_dot_controller__pb2.ClaimFireResponse.SerializeToString,
+            'ClaimFires': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimFires,
+                    request_deserializer=lamina_dot_v1_dot_controller__pb2.ClaimFiresRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_controller__pb2.ClaimFiresResponse.SerializeToString,
             ),
-            'FinishFire': grpc.unary_unary_rpc_method_handler(
-                    servicer.FinishFire,
-                    request_deserializer=lamina_dot_v1_dot_controller__pb2.FinishFireRequest.FromString,
-                    response_serializer=lamina_dot_v1_dot_controller__pb2.CronFire.SerializeToString,
+            'FinishFires': grpc.unary_unary_rpc_method_handler(
+                    servicer.FinishFires,
+                    request_deserializer=lamina_dot_v1_dot_controller__pb2.FinishFiresRequest.FromString,
+                    response_serializer=lamina_dot_v1_dot_controller__pb2.FinishFiresResponse.SerializeToString,
             ),
             'ListFires': grpc.unary_unary_rpc_method_handler(
                     servicer.ListFires,
@@ -1116,7 +1148,7 @@ class Controller:
             _registered_method=True)
 
     @staticmethod
-    def EnqueueInvocation(request,
+    def EnqueueInvocations(request,
             target,
             options=(),
             channel_credentials=None,
@@ -1129,9 +1161,9 @@ class Controller:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/lamina.v1.Controller/EnqueueInvocation',
-            lamina_dot_v1_dot_controller__pb2.EnqueueInvocationRequest.SerializeToString,
-            lamina_dot_v1_dot_controller__pb2.EnqueueInvocationResponse.FromString,
+            '/lamina.v1.Controller/EnqueueInvocations',
+            lamina_dot_v1_dot_controller__pb2.EnqueueInvocationsRequest.SerializeToString,
+            lamina_dot_v1_dot_controller__pb2.EnqueueInvocationsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1197,7 +1229,7 @@ class Controller:
             _registered_method=True)
 
     @staticmethod
-    def ReleaseInvocation(request,
+    def ReleaseInvocations(request,
             target,
             options=(),
             channel_credentials=None,
@@ -1210,9 +1242,9 @@ class Controller:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/lamina.v1.Controller/ReleaseInvocation',
-            lamina_dot_v1_dot_controller__pb2.ReleaseInvocationRequest.SerializeToString,
-            lamina_dot_v1_dot_controller__pb2.AsyncInvocation.FromString,
+            '/lamina.v1.Controller/ReleaseInvocations',
+            lamina_dot_v1_dot_controller__pb2.ReleaseInvocationsRequest.SerializeToString,
+            lamina_dot_v1_dot_controller__pb2.ReleaseInvocationsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1359,6 +1391,60 @@ class Controller:
             _registered_method=True)
 
     @staticmethod
+    def GetQueueStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.Controller/GetQueueStats',
+            lamina_dot_v1_dot_controller__pb2.GetQueueStatsRequest.SerializeToString,
+            lamina_dot_v1_dot_controller__pb2.GetQueueStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PruneInvocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.Controller/PruneInvocations',
+            lamina_dot_v1_dot_controller__pb2.PruneInvocationsRequest.SerializeToString,
+            lamina_dot_v1_dot_controller__pb2.PruneInvocationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def AddTrigger(request,
             target,
             options=(),
@@ -1494,7 +1580,7 @@ class Controller:
             _registered_method=True)
 
     @staticmethod
-    def ClaimFire(request,
+    def ClaimFires(request,
             target,
             options=(),
             channel_credentials=None,
@@ -1507,9 +1593,9 @@ class Controller:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/lamina.v1.Controller/ClaimFire',
-            lamina_dot_v1_dot_controller__pb2.ClaimFireRequest.SerializeToString,
-            lamina_dot_v1_dot_controller__pb2.ClaimFireResponse.FromString,
+            '/lamina.v1.Controller/ClaimFires',
+            lamina_dot_v1_dot_controller__pb2.ClaimFiresRequest.SerializeToString,
+            lamina_dot_v1_dot_controller__pb2.ClaimFiresResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1521,7 +1607,7 @@ class Controller:
             _registered_method=True)
 
     @staticmethod
-    def FinishFire(request,
+    def FinishFires(request,
             target,
             options=(),
             channel_credentials=None,
@@ -1534,9 +1620,9 @@ class Controller:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/lamina.v1.Controller/FinishFire',
-            lamina_dot_v1_dot_controller__pb2.FinishFireRequest.SerializeToString,
-            lamina_dot_v1_dot_controller__pb2.CronFire.FromString,
+            '/lamina.v1.Controller/FinishFires',
+            lamina_dot_v1_dot_controller__pb2.FinishFiresRequest.SerializeToString,
+            lamina_dot_v1_dot_controller__pb2.FinishFiresResponse.FromString,
             options,
             channel_credentials,
             insecure,

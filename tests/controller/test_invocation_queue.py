@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from lamina.core.errors import Conflict, NotFound
-from lamina.core.queue import InvocationState, Report
+from lamina.core.errors import Conflict, InvalidSpec, NotFound
+from lamina.core.queue import InvocationState, NewInvocation, QueueStats, Report
 
 
 def test_enqueue_is_durable_and_leased_once_with_an_attempt_and_token(store):
@@ -130,3 +130,45 @@ def test_concurrent_leases_never_hand_out_one_invocation_twice(store):
     for t in threads:
         t.join()
     assert len(got) == len(set(got)) == 40
+
+
+def test_a_batch_is_one_transaction_with_each_idempotency_window(store, clock):
+    queue = store.invocations
+    old, _ = queue.enqueue("fn", b"{}", idempotency_key="k", idempotency_window_s=60)
+    clock.now += 30
+    stored = queue.enqueue_many([NewInvocation("fn", b"1", "k", 60), NewInvocation("fn", b"2", "k", 10),
+                                 NewInvocation("fn", b"3", "k", 10), NewInvocation("fn", b"4")])
+    # Within the first's 60 s window: the old one; outside the second's 10 s: a new one, which
+    # the third (same key, same batch) then finds.
+    assert [(inv.id == old.id, created) for inv, created in stored] == [(True, False), (False, True),
+                                                                         (False, False), (False, True)]
+    assert stored[2][0].id == stored[1][0].id
+    assert {inv.payload for inv in queue.lease(10, 30)} == {b"{}", b"2", b"4"}
+    with pytest.raises(InvalidSpec, match="at most 1000"):
+        queue.enqueue_many([NewInvocation("fn", b"{}")] * 1001)
+
+
+def test_stats_and_prune_follow_the_store_clock(store, clock):
+    queue = store.invocations
+    first, _ = queue.enqueue("fn", b"{}")
+    clock.now += 5
+    queue.enqueue("fn", b"{}")
+    (done,) = queue.lease(1, 30)
+    clock.now += 1
+    queue.complete(done.id, done.lease_token, Report())
+    queue.enqueue("other", b"{}")
+    (dead,) = queue.lease(1, 30, {"other": 0})  # "fn"'s second one
+    queue.dead_letter(dead.id, dead.lease_token, Report(error_type="Boom"))
+    stats = queue.stats()
+    assert stats == {"other": QueueStats(1, clock.now, 0), "fn": QueueStats(0, 0.0, 1)}
+    # A finished row's due_at is its finish time: pruning is a range of the (state, due_at) index.
+    assert queue.get(done.id).due_at == queue.get(done.id).finished_at == clock.now
+    clock.now += 99
+    assert queue.prune(100) == 0
+    clock.now += 2
+    assert queue.prune(100) == 1
+    with pytest.raises(NotFound):
+        queue.get(first.id)
+    assert queue.get(dead.id).state is InvocationState.DEAD_LETTERED
+    with pytest.raises(InvalidSpec, match="negative"):
+        queue.prune(-1)

@@ -177,3 +177,57 @@ def test_a_queue_that_cannot_store_answers_503_never_202(tmp_path):
     finally:
         s.stop()
         s.loop.close()
+
+
+def _samples(http: Any, name: str) -> dict[str, float]:
+    """The samples of gauge ``name`` on /metrics, by function."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {s.labels["function"]: s.value for family in text_string_to_metric_families(http.get("/metrics").text)
+            for s in family.samples if s.name == name}
+
+
+def test_queue_gauges_follow_the_queue_and_finished_invocations_are_pruned(tmp_path):
+    """The dispatcher publishes depth, age and dead letters per function (and drops the series
+    of a function that is gone), and deletes finished invocations after the retention window."""
+    s = start_stack(tmp_path, async_poll_interval_s=0.1, async_retention_s=1.0)
+    depth, age, dead = ("lamina_gateway_async_queue_depth", "lamina_gateway_async_queue_age_seconds",
+                        "lamina_gateway_async_dead_letters")
+    try:
+        s.wait_ready()
+        with s.api() as api, s.http() as http:
+            for name, code, extra in (("echo", ECHO, {}), ("boom", BOOM, {"max_retries": 0}),
+                                      ("slow", SLOW, {"concurrency": 1, "timeout_s": 10})):
+                response = api.put(f"/api/v1/functions/{name}", files=deploy_form({"name": name, **extra}, code))
+                assert response.status_code == 201, response.text
+            running = http.post("/async-function/slow", json={"s": 4}).json()["id"]
+            wait_state(api, running, "running")
+            for _ in range(2):  # reserved concurrency 1: these two wait
+                http.post("/async-function/slow", json={"s": 0})
+            wait_state(api, http.post("/async-function/boom", json={}).json()["id"], "dead-lettered")
+            done = http.post("/async-function/echo", json={}).json()["id"]
+            wait_state(api, done, "succeeded")
+
+            deadline = time.monotonic() + 15
+            while (_samples(http, depth).get("slow"), _samples(http, dead).get("boom")) != (2.0, 1.0):
+                assert time.monotonic() < deadline, http.get("/metrics").text
+                time.sleep(0.2)
+            assert _samples(http, depth)["echo"] == 0.0 and _samples(http, dead)["echo"] == 0.0
+            assert 0.0 < _samples(http, age)["slow"] < 60 and _samples(http, age)["boom"] == 0.0
+
+            deadline = time.monotonic() + 15  # retention 1 s, pruned every second
+            while api.get(f"/api/v1/invocations/{done}").status_code != 404:
+                assert time.monotonic() < deadline, "the finished invocation was not pruned"
+                time.sleep(0.2)
+            assert api.get("/api/v1/functions/boom/dead-letters").json()["invocations"]  # dead letters stay
+
+            assert api.delete("/api/v1/functions/boom").status_code == 204
+            assert api.delete("/api/v1/functions/boom/dead-letters").json() == {"purged": 1}
+            deadline = time.monotonic() + 15
+            while "boom" in _samples(http, dead):
+                assert time.monotonic() < deadline, "the series of a deleted function stayed"
+                time.sleep(0.2)
+            assert "boom" not in _samples(http, depth) and "boom" not in _samples(http, age)
+    finally:
+        s.stop()
+        s.loop.close()

@@ -94,7 +94,7 @@ async def _delete_streams(urls: list[str]) -> None:
     js = nc.jetstream()
     for url in urls:
         prefix = url.split("prefix=")[1].split("&")[0]
-        for name in [f"{prefix}_due"] + [f"KV_{prefix}_{b}" for b in ("records", "idempotency", "dead", "leases")]:
+        for name in [f"{prefix}_due", f"{prefix}_done"] + [f"KV_{prefix}_{b}" for b in ("records", "idempotency", "dead", "leases")]:
             with contextlib.suppress(Exception):
                 await js.delete_stream(name)
     await nc.close()

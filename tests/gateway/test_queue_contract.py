@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from lamina.core.errors import Conflict, NotFound
-from lamina.core.queue import InvocationQueue, InvocationState, Report
+from lamina.core.errors import Conflict, InvalidSpec, NotFound
+from lamina.core.queue import InvocationQueue, InvocationState, NewInvocation, QueueStats, Report
 from tests.conftest import service_missing
 from tests.gateway.conftest import ADMIN_KEY
 
@@ -73,7 +73,8 @@ async def _nats_backend() -> AsyncIterator[Backend]:
     finally:
         js = queues[0]._js
         if js is not None:
-            for name in [f"{prefix}_due"] + [f"KV_{prefix}_{b}" for b in ("records", "idempotency", "dead", "leases")]:
+            for name in [f"{prefix}_due", f"{prefix}_done"] + [f"KV_{prefix}_{b}"
+                                                               for b in ("records", "idempotency", "dead", "leases")]:
                 await js.delete_stream(name)
         for q in queues:
             await q.close()
@@ -255,3 +256,107 @@ async def test_unknown_invocations_are_not_found(backend: Backend):
                  q.extend("nope", "token", 10)):
         with pytest.raises(NotFound):
             await call
+
+
+async def test_enqueue_many_stores_each_in_order_with_its_idempotency_key(backend: Backend):
+    q = backend.queue
+    first, _ = await q.enqueue("fn", b"{}", idempotency_key="k0", idempotency_window_s=60)
+    batch = [NewInvocation("fn", b'{"n": %d}' % n, idempotency_key=f"k{n}", idempotency_window_s=60)
+             for n in range(4)] + [NewInvocation("other", b"{}", callback_url="http://cb.example/x"),
+                                   NewInvocation("fn", b"{}", idempotency_key="k1", idempotency_window_s=60)]
+    stored = await q.enqueue_many(batch)
+    assert [created for _, created in stored[:5]] == [False, True, True, True, True]
+    assert stored[0][0].id == first.id  # the key's earlier invocation, not a new one
+    assert stored[5][0].id == stored[1][0].id  # a key repeated within the batch: one invocation
+    assert [inv.payload for inv, _ in stored[1:4]] == [b'{"n": 1}', b'{"n": 2}', b'{"n": 3}']
+    assert stored[4][0].callback_url == "http://cb.example/x"
+    assert [(await q.get(inv.id)).state for inv, _ in stored] == [InvocationState.QUEUED] * 6
+    leased = await q.lease(20, 30)
+    assert sorted(i.id for i in leased) == sorted({first.id} | {inv.id for inv, _ in stored[1:5]})
+    assert await q.enqueue_many([]) == []
+    with pytest.raises(InvalidSpec, match="idempotency key is longer"):
+        await q.enqueue_many([NewInvocation("fn", b"{}"), NewInvocation("fn", b"{}", idempotency_key="k" * 200)])
+
+
+async def test_stats_count_waiting_invocations_their_oldest_and_dead_letters(backend: Backend):
+    q = backend.queue
+    assert await q.stats() == {}
+    await q.enqueue("dead", b"{}")
+    (held,) = await q.lease(1, 30)
+    await q.dead_letter(held.id, held.lease_token, Report(error_type="Boom"))
+    oldest, _ = await q.enqueue("fn", b"{}")
+    await q.enqueue("fn", b"{}")
+    await q.enqueue("other", b"{}")
+    stats = await backend.second.stats()
+    assert stats == {"dead": QueueStats(0, 0.0, 1), "fn": QueueStats(2, oldest.enqueued_at, 0),
+                     "other": QueueStats(1, stats["other"].oldest_enqueued_at, 0)}
+    assert stats["other"].oldest_enqueued_at >= oldest.enqueued_at
+    for inv in await q.lease(10, 30):  # finished ones are not counted
+        await q.complete(inv.id, inv.lease_token, Report())
+
+    async def only_dead() -> bool:  # NATS applies an ack a moment after it is sent
+        return await q.stats() == {"dead": QueueStats(0, 0.0, 1)}
+
+    await eventually(only_dead)
+    await q.purge("dead")
+    assert await q.stats() == {}
+
+
+async def test_finished_invocations_are_pruned_after_the_retention_window_dead_letters_kept(backend: Backend):
+    q = backend.queue
+
+    async def leased() -> tuple[str, str]:
+        (inv,) = await q.lease(1, 30)
+        return inv.id, inv.lease_token
+
+    await q.enqueue("fn", b"{}")
+    ok = await leased()
+    await q.complete(*ok, Report(result=b'"ok"'))
+    await q.enqueue("fn", b"{}")
+    failed = await leased()
+    await q.complete(*failed, Report(error_type="ValueError"))
+    await q.enqueue("fn", b"{}")
+    dead = await leased()
+    await q.dead_letter(*dead, Report(error_type="Boom"))
+    cancelled, _ = await q.enqueue("fn", b"{}")
+    await q.cancel(cancelled.id)
+    await q.enqueue("fn", b"{}")
+    running = await leased()
+    waiting, _ = await q.enqueue("fn", b"{}")
+    assert await q.prune(3600) == 0  # all younger than the window
+    await asyncio.sleep(1.0)
+    assert await q.prune(0.5, limit=1) == 1
+    assert await backend.second.prune(0.5) == 2
+    assert await q.prune(0.5) == 0
+    for gone in (ok[0], failed[0], cancelled.id):
+        with pytest.raises(NotFound):
+            await q.get(gone)
+    assert (await q.get(dead[0])).state is InvocationState.DEAD_LETTERED
+    assert (await q.get(running[0])).state is InvocationState.RUNNING
+    assert (await q.get(waiting.id)).state is InvocationState.QUEUED
+    assert [d.id for d in await q.dead_letters("fn")] == [dead[0]]
+    done = await q.complete(*running, Report())  # what finishes later is pruned later
+    assert done.state is InvocationState.SUCCEEDED and await q.prune(3600) == 0
+
+
+async def test_concurrent_calls_each_get_their_own_outcome(backend: Backend):
+    """Many enqueues and releases at once (the database backend commits them in groups): each
+    caller gets its own invocation, and a release whose lease is lost fails alone."""
+    q = backend.queue
+    stored = await asyncio.gather(*(q.enqueue("fn", b'{"n": %d}' % n) for n in range(40)),
+                                  q.enqueue("fn", b"{}", idempotency_key="k" * 200), return_exceptions=True)
+    assert isinstance(stored[-1], InvalidSpec)  # refused alone: the others are stored
+    ids = [inv.id for inv, created in stored[:-1] if created]  # type: ignore[misc]
+    assert len(set(ids)) == 40
+    leased = []
+    while len(leased) < 40:
+        leased += await q.lease(40, 30)
+    outcomes = await asyncio.gather(*(
+        q.complete(inv.id, inv.lease_token if n % 4 else "not-the-token", Report(result=inv.payload))
+        for n, inv in enumerate(leased)), return_exceptions=True)
+    for n, (inv, outcome) in enumerate(zip(leased, outcomes, strict=True)):
+        if n % 4:
+            assert outcome.state is InvocationState.SUCCEEDED and outcome.result == inv.payload  # type: ignore[union-attr]
+        else:
+            assert isinstance(outcome, Conflict)
+            assert (await q.get(inv.id)).state is InvocationState.RUNNING
