@@ -58,7 +58,8 @@ def invoker_cold_starts(stack: LaminaStack, name: str, directory: Path, n: int,
             time.sleep(SAMPLE_SPACING_S)
             try:
                 reply = stub.Invoke(pb.InvokeRequest(function=name, revision=revision,
-                                                     request_id=str(uuid.uuid4()), payload=b"{}"), timeout=60)
+                                                     request_id=str(uuid.uuid4()), payload=b"{}"), timeout=60,
+                                     metadata=[("authorization", f"Bearer {stack.token}")])
             except grpc.RpcError as exc:
                 return samples, f"the invoker failed the call: {exc.code().name} {exc.details()}"
             if reply.outcome != pb.SUCCESS:

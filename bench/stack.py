@@ -8,6 +8,7 @@ a throw-away data directory; :class:`BareUvicorn` runs the baseline hello-world 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -122,8 +123,11 @@ class LaminaStack:
             **{k: v for k, v in os.environ.items() if not k.startswith("LAMINA_")},
             "LAMINA_DATA_DIR": str(self.work / ".lamina"), "LAMINA_PORT": str(self.port),
             "LAMINA_CONTROLLER_LISTEN": f"127.0.0.1:{free_port()}", "LAMINA_INVOKER_LISTEN": self.invoker_address,
-            "LAMINA_LOG_LEVEL": "warning", **(extra_env or {}),
+            "LAMINA_LOG_LEVEL": "warning",
+            # Set here (not left to `lamina up`) so a benchmark can call the invoker directly.
+            "LAMINA_CLUSTER_TOKEN": secrets.token_urlsafe(32), **(extra_env or {}),
         }
+        self.token = self.env["LAMINA_CLUSTER_TOKEN"]
         self.process: subprocess.Popen[bytes] | None = None
         self.client: Client | None = None
 

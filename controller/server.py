@@ -22,7 +22,8 @@ from controller.service import ControllerServicer
 from controller.store import SQLStore
 from controller.store.database import redacted
 from lamina import wire
-from lamina.core.errors import Unavailable
+from lamina.cluster_token import TokenCheck, check_token
+from lamina.core.errors import InvalidSpec, Unavailable
 from lamina.core.settings import ControllerSettings, database_url
 from lamina.lifecycle import run_until_signalled
 from lamina.ops_http import OpsServer, Probe
@@ -72,7 +73,8 @@ class ControllerServer:
             self._servicer = ControllerServicer(
                 self._store, blobs, self.metrics, heartbeat_interval_s=settings.heartbeat_interval_s
             )
-            self._server = grpc.aio.server(options=[*wire.SERVER_OPTIONS, *_SERVER_OPTIONS])
+            self._server = grpc.aio.server(options=[*wire.SERVER_OPTIONS, *_SERVER_OPTIONS],
+                                           interceptors=self._interceptors(settings))
             pb_grpc.add_ControllerServicer_to_server(self._servicer, self._server)
             self.port = self._bind(self._server, settings.controller_listen)
             await self._server.start()
@@ -103,6 +105,23 @@ class ControllerServer:
 
     def _health(self) -> Probe:
         return Probe(self._server is not None, {"component": "controller", "address": self.address})
+
+    @staticmethod
+    def _interceptors(settings: ControllerSettings) -> list[grpc.aio.ServerInterceptor]:
+        """The cluster-token check; without a token, allowed only on loopback (and said)."""
+        try:
+            check_token(settings.cluster_token)
+        except ValueError as exc:
+            raise InvalidSpec(str(exc)) from exc
+        if settings.cluster_token:
+            return [TokenCheck(settings.cluster_token)]
+        host = settings.controller_listen.rsplit(":", 1)[0].strip("[]")
+        if host not in ("127.0.0.1", "::1", "localhost"):
+            raise InvalidSpec(f"the controller listens on {settings.controller_listen}, beyond loopback: set "
+                              "LAMINA_CLUSTER_TOKEN (the same secret on the controller, gateways and invokers) "
+                              "so that only they can call it")
+        log.warning("LAMINA_CLUSTER_TOKEN is empty: the controller accepts calls from any local process")
+        return []
 
     @staticmethod
     def _bind(server: grpc.aio.Server, listen: str) -> int:

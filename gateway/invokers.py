@@ -26,6 +26,7 @@ import grpc.aio
 
 from gateway.stream import ConnectionLost, InvokeStreamClient, NotSent
 from lamina import wire
+from lamina.cluster_token import client_interceptors
 from lamina.core import errors
 from lamina.core.errors import Unavailable
 from lamina.core.functions import Function
@@ -81,9 +82,10 @@ class InvokerHealth:
 class _Connection:
     __slots__ = ("address", "channel", "stub", "health", "stream", "opening", "stream_failed_at", "grpc_in_flight")
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, token: str) -> None:
         self.address = address
-        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS,
+                                                 interceptors=client_interceptors(token))
         self.stub = pb_grpc.InvokerStub(self.channel)
         self.health: InvokerHealth | None = None
         self.stream: InvokeStreamClient | None = None
@@ -97,15 +99,18 @@ class _Connection:
 class InvokerClients:
     """Channels to the invokers, opened on first use and closed when an invoker leaves."""
 
-    def __init__(self, connect_timeout: float = CONNECT_TIMEOUT_S) -> None:
+    def __init__(self, connect_timeout: float = CONNECT_TIMEOUT_S, token: str = "") -> None:
+        """``token``: the cluster token (LAMINA_CLUSTER_TOKEN), sent on every gRPC call and as
+        the first frame of every invocation stream."""
         self.connect_timeout = connect_timeout
+        self._token = token
         self._connections: dict[str, _Connection] = {}
         self._closing: set[asyncio.Task[None]] = set()
 
     def _connection(self, address: str) -> _Connection:
         conn = self._connections.get(address)
         if conn is None:
-            conn = self._connections[address] = _Connection(address)
+            conn = self._connections[address] = _Connection(address, self._token)
         return conn
 
     def is_failing(self, address: str) -> bool:
@@ -172,7 +177,8 @@ class InvokerClients:
             if not target:
                 return None
             try:
-                stream = await asyncio.wait_for(InvokeStreamClient.connect(target), self.connect_timeout)
+                stream = await asyncio.wait_for(InvokeStreamClient.connect(target, self._token),
+                                              self.connect_timeout)
             except (OSError, ValueError, TimeoutError) as exc:
                 conn.health = None  # ask again next time: the invoker may have moved
                 raise InvokerUnreachable(

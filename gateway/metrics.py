@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
@@ -34,6 +35,7 @@ class GatewayMetrics:
     """The gateway's own metrics, in a registry of their own."""
 
     def __init__(self) -> None:
+        self._invocation_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "lamina_gateway_requests", "HTTP requests answered by the gateway, by route template, method and status.",
@@ -96,6 +98,40 @@ class GatewayMetrics:
             "succeeded, retried, dead-lettered or failed (the function no longer exists).",
             ["function", "result"], registry=self.registry,
         )
+        self.async_queue_depth = Gauge(
+            "lamina_gateway_async_queue_depth",
+            "Asynchronous invocations waiting to run (queued, including retries not yet due), by function, as the "
+            "queue reported at this gateway's last look (every gateway reports the same queue: aggregate with max).",
+            ["function"], registry=self.registry,
+        )
+        self.async_queue_age = Gauge(
+            "lamina_gateway_async_queue_age_seconds",
+            "Age of the oldest asynchronous invocation waiting to run, by function: seconds since it was enqueued "
+            "(0 when none waits).",
+            ["function"], registry=self.registry,
+        )
+        self.async_dead_letters = Gauge(
+            "lamina_gateway_async_dead_letters",
+            "Asynchronous invocations in each function's dead-letter list (until redriven or purged).",
+            ["function"], registry=self.registry,
+        )
+        self.controller_up = Gauge(
+            "lamina_gateway_controller_up",
+            "1 while this gateway's watch stream to the controller is connected, 0 while it is reconnecting (it "
+            "keeps serving from its cache meanwhile).",
+            registry=self.registry,
+        )
+
+    def observe_invocation(self, function: str, outcome: str, seconds: float) -> None:
+        """Count a synchronous invocation that ran and observe its duration. The label
+        children are looked up once per (function, outcome): ``labels()`` validates and locks
+        on every call, and this runs on every invocation (no series is ever removed)."""
+        children = self._invocation_children.get((function, outcome))
+        if children is None:
+            children = self._invocation_children[function, outcome] = (
+                self.invocations.labels(function, outcome), self.duration.labels(function))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def text(self) -> bytes:
         return generate_latest(self.registry)

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from typing import Any
 
 import uvicorn
 from starlette.routing import Match
@@ -65,6 +66,8 @@ def function_url_fast_path(app: ASGIApp, metrics: GatewayMetrics) -> ASGIApp:
     routes = http.routes
     methods = frozenset(http.METHODS)
     requests = metrics.requests
+    #: The request counter's children by (method, status), looked up once each.
+    counted: dict[tuple[str, int], Any] = {}
 
     async def fast_app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith("/function/") or scope["method"] not in methods:
@@ -99,7 +102,11 @@ def function_url_fast_path(app: ASGIApp, metrics: GatewayMetrics) -> ASGIApp:
                 (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
             await send({"type": "http.response.body", "body": body})
         finally:
-            requests.labels(http.TEMPLATE, scope["method"], str(status or 500)).inc()
+            key = (scope["method"], status or 500)
+            child = counted.get(key)
+            if child is None:
+                child = counted[key] = requests.labels(http.TEMPLATE, key[0], str(key[1]))
+            child.inc()
 
     return fast_app
 
@@ -129,9 +136,9 @@ class GatewayServer:
         """
         s = self.settings
         sock = _bind(s.host, s.port)
-        self.controller = ControllerClient(s.controller_url)
-        self.cache = FunctionCache(self.controller)
-        self.invokers = InvokerClients()
+        self.controller = ControllerClient(s.controller_url, s.cluster_token)
+        self.cache = FunctionCache(self.controller, on_connection=self.metrics.controller_up.set)
+        self.invokers = InvokerClients(token=s.cluster_token)
         self.balancer = Balancer(self.controller, self.invokers, invoke_grace_s=s.invoke_grace_s,
                                  eject_error_rate=s.eject_error_rate, metrics=self.metrics, strategy=s.balancer)
         self.queue = open_queue(s.queue_url, self.controller)

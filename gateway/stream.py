@@ -35,8 +35,9 @@ class ConnectionLost(Exception):
 class InvokeStreamClient(asyncio.Protocol):
     """One connection to an invoker's stream: ``await connect(address)``, then ``call``."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, token: str = "") -> None:
         self.address = address
+        self._token = token
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
@@ -46,11 +47,12 @@ class InvokeStreamClient(asyncio.Protocol):
         self.lost_because = ""
 
     @classmethod
-    async def connect(cls, address: str) -> InvokeStreamClient:
-        """A connected client; ``OSError`` when nothing listens at ``address``."""
+    async def connect(cls, address: str, token: str = "") -> InvokeStreamClient:
+        """A connected client, which has sent the cluster ``token`` (if any) as its first
+        frame; ``OSError`` when nothing listens at ``address``."""
         host, _, port = address.rpartition(":")
         loop = asyncio.get_running_loop()
-        _, client = await loop.create_connection(lambda: cls(address), host.strip("[]"), int(port))
+        _, client = await loop.create_connection(lambda: cls(address, token), host.strip("[]"), int(port))
         return client
 
     @property
@@ -99,6 +101,8 @@ class InvokeStreamClient(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)
         tune(transport)
         self._transport = transport
+        if self._token:
+            transport.write(encode(pb.InvokeStreamFrame(hello=pb.StreamHello(token=self._token))))
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer

@@ -29,6 +29,7 @@ from invoker.sandboxes import Sandbox, probe
 from invoker.service import InvokerServicer
 from invoker.stream import InvokeStream, start_stream
 from lamina import wire
+from lamina.cluster_token import TokenCheck
 from lamina.controller_client import ControllerClient
 from lamina.core.errors import InvalidSpec, LaminaError, Unavailable
 from lamina.core.settings import InvokerSettings
@@ -92,7 +93,7 @@ class InvokerServer:
     async def _start(self, s: InvokerSettings, sandbox: Sandbox) -> None:
         layers = sandbox.layers()
         self.metrics.isolation.labels(sandbox.tier, layers).set(1)
-        self._client = ControllerClient(s.controller_url)
+        self._client = ControllerClient(s.controller_url, s.cluster_token)
         self.functions = FunctionCache(self._client)
         self._shipper = LogShipper(self._client, self.metrics)
         self._records = RecordShipper(self._client, self.metrics)
@@ -111,7 +112,9 @@ class InvokerServer:
         servicer = InvokerServicer(self.invoker_id, layers, self.functions, code, self.pool, interpreters,
                                    records=self._records.submit)
         self.pool.specs = servicer.worker_spec
-        self._server = grpc.aio.server(options=wire.SERVER_OPTIONS)
+        self._server = grpc.aio.server(
+            options=wire.SERVER_OPTIONS,
+            interceptors=[TokenCheck(s.cluster_token, "invoker")] if s.cluster_token else None)
         pb_grpc.add_InvokerServicer_to_server(servicer, self._server)
         try:
             self.port = self._server.add_insecure_port(s.invoker_listen)
@@ -120,7 +123,8 @@ class InvokerServer:
         if not self.port:
             raise Unavailable(f"invoker cannot listen on {s.invoker_listen}")
         self.address = s.invoker_advertise or _advertised(s.invoker_listen, self.port)
-        self._stream = await start_stream(servicer, s.invoker_stream_listen, s.invoker_listen, self.address)
+        self._stream = await start_stream(servicer, s.invoker_stream_listen, s.invoker_listen, self.address,
+                                          s.cluster_token)
         await self._server.start()
         for job in (self.functions.run(), self._keep_registered(), self._shipper.run(), self._records.run(),
                     self.pool.run()):

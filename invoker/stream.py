@@ -18,12 +18,13 @@ nowhere to go), as the gateway has already told its caller that the function may
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from typing import cast
 
 from invoker.service import InvokerServicer
 from lamina import wire
-from lamina.core.errors import LaminaError, Unavailable
+from lamina.core.errors import LaminaError, Unauthenticated, Unavailable
 from lamina.framing import encode, split_frames, tune
 from lamina.rpc import invoker_pb2 as pb
 
@@ -42,6 +43,8 @@ class _Connection(asyncio.Protocol):
         self._servicer = stream.servicer
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
+        #: Whether the gateway proved it holds the cluster token (always, without one).
+        self._trusted = not stream.token
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A cast, not an isinstance check: uvloop's TCPTransport is not an asyncio.Transport.
@@ -57,9 +60,19 @@ class _Connection(asyncio.Protocol):
         if consumed:
             del buffer[:consumed]
         for frame in frames:
-            if frame.WhichOneof("body") != "request":
-                error = error or f"unexpected {frame.WhichOneof('body')} frame from the gateway"
+            kind = frame.WhichOneof("body")
+            if kind == "hello":
+                self._trusted = not self._stream.token or hmac.compare_digest(
+                    frame.hello.token.encode(), self._stream.token.encode())
+                continue
+            if kind != "request":
+                error = error or f"unexpected {kind} frame from the gateway"
                 break
+            if not self._trusted:
+                self._reply(pb.InvokeStreamFrame(tag=frame.tag, error=pb.StreamError(
+                    code=Unauthenticated.code, message="this invoker requires the cluster token "
+                    "(LAMINA_CLUSTER_TOKEN) on its invocation stream: nothing ran")))
+                continue
             self._start(frame.tag, frame.request)
         if error:
             self._protocol_error(error)
@@ -113,8 +126,10 @@ class _Connection(asyncio.Protocol):
 class InvokeStream:
     """The invocation stream's listener: ``await start(listen)``, then ``.port``; ``await close(grace)``."""
 
-    def __init__(self, servicer: InvokerServicer) -> None:
+    def __init__(self, servicer: InvokerServicer, token: str = "") -> None:
         self.servicer = servicer
+        #: The cluster token a connection must present (hello frame) before it may invoke.
+        self.token = token
         self.port = 0
         self.closing = False
         self.connections: set[_Connection] = set()
@@ -151,15 +166,16 @@ class InvokeStream:
 
 
 async def start_stream(servicer: InvokerServicer, listen: str, invoker_listen: str,
-                       advertise: str) -> InvokeStream | None:
+                       advertise: str, token: str = "") -> InvokeStream | None:
     """Start the stream on ``listen`` (empty: ``invoker_listen``'s host, any port; ``off``:
     none) and tell ``servicer`` its address, with ``advertise``'s host (the address the
-    invoker registers), for Health to hand to the gateway."""
+    invoker registers), for Health to hand to the gateway. With ``token``, a connection
+    invokes only after a hello frame carrying it."""
     if listen.strip().lower() == OFF:
         return None
     if not listen:
         listen = f"{invoker_listen.rpartition(':')[0]}:0"
-    stream = InvokeStream(servicer)
+    stream = InvokeStream(servicer, token)
     await stream.start(listen)
     servicer.stream_address = f"{advertise.rpartition(':')[0]}:{stream.port}"
     return stream

@@ -14,14 +14,15 @@ import grpc
 import grpc.aio
 
 from lamina import wire
-from lamina.core.errors import Unavailable
+from lamina.cluster_token import client_interceptors
+from lamina.core.errors import BY_CODE, LaminaError, Unavailable
 from lamina.core.fleet import InvokerInfo, InvokerLoad
 from lamina.core.functions import Function, FunctionSpec
 from lamina.core.keys import Principal
 from lamina.core.logs import LogRecord
-from lamina.core.queue import Invocation, Report
+from lamina.core.queue import Invocation, NewInvocation, QueueStats, Release
 from lamina.core.records import FunctionUsage, InvocationRecord
-from lamina.core.triggers import Fire, FireOutcome, Lease, Trigger, TriggerSpec
+from lamina.core.triggers import Claim, Fire, FireOutcome, Lease, Tick, Trigger, TriggerSpec
 from lamina.rpc import controller_pb2 as pb
 from lamina.rpc import controller_pb2_grpc as pb_grpc
 
@@ -62,9 +63,11 @@ class FunctionChange:
 class ControllerClient:
     """A channel to the controller plus one method per RPC."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, token: str = "") -> None:
+        """A client of the controller at ``address``, sending ``token`` (LAMINA_CLUSTER_TOKEN) with every call."""
         self.address = address
-        self._channel = grpc.aio.insecure_channel(address, options=wire.CHANNEL_OPTIONS)
+        self._channel = grpc.aio.insecure_channel(address, options=wire.CHANNEL_OPTIONS,
+                                                  interceptors=client_interceptors(token))
         self._stub = pb_grpc.ControllerStub(self._channel)
 
     async def close(self) -> None:
@@ -205,13 +208,14 @@ class ControllerClient:
 
     # async invocations (the controller's queue; gateway/queues/database.py adapts it)
 
-    async def enqueue_invocation(self, function: str, payload: bytes, *, idempotency_key: str = "",
-                                 idempotency_window_s: float = 0.0, callback_url: str = "") -> tuple[Invocation, bool]:
-        request = pb.EnqueueInvocationRequest(
-            function=function, payload=payload, idempotency_key=idempotency_key,
-            idempotency_window_s=idempotency_window_s, callback_url=callback_url)
-        msg = await self._call(self._stub.EnqueueInvocation, request, timeout=10)
-        return wire.invocation_from_pb(msg.invocation), msg.created
+    async def enqueue_invocations(self, invocations: Sequence[NewInvocation]) -> list[tuple[Invocation, bool]]:
+        """Enqueue all in one transaction (``InvocationQueue.enqueue_many``; a single enqueue is a batch of one)."""
+        request = pb.EnqueueInvocationsRequest(invocations=[
+            pb.EnqueueInvocationRequest(function=n.function, payload=n.payload, idempotency_key=n.idempotency_key,
+                                        idempotency_window_s=n.idempotency_window_s, callback_url=n.callback_url)
+            for n in invocations])
+        msg = await self._call(self._stub.EnqueueInvocations, request, timeout=10)
+        return [(wire.invocation_from_pb(r.invocation), r.created) for r in msg.invocations]
 
     async def lease_invocations(self, limit: int, lease_s: float, concurrency: Mapping[str, int]) -> list[Invocation]:
         request = pb.LeaseInvocationsRequest(limit=limit, lease_s=lease_s, concurrency=dict(concurrency))
@@ -222,13 +226,14 @@ class ControllerClient:
         request = pb.ExtendLeaseRequest(id=invocation_id, lease_token=lease_token, lease_s=lease_s)
         await self._call(self._stub.ExtendLease, request, timeout=10)
 
-    async def release_invocation(self, invocation_id: str, lease_token: str, action: str, report: Report, *,
-                                 delay_s: float = 0.0, count_attempt: bool = True) -> Invocation:
-        """``action``: "complete", "retry" or "dead_letter" (``lamina.core.queue.InvocationQueue``)."""
-        request = wire.report_to_pb(report, pb.ReleaseInvocationRequest(
-            id=invocation_id, lease_token=lease_token, action=_ACTIONS[action], delay_s=delay_s,
-            count_attempt=count_attempt))
-        return wire.invocation_from_pb(await self._call(self._stub.ReleaseInvocation, request, timeout=10))
+    async def release_invocations(self, releases: Sequence[Release]) -> list[Invocation | LaminaError]:
+        """Apply the releases in one transaction; per release, the invocation or why not."""
+        request = pb.ReleaseInvocationsRequest(releases=[wire.report_to_pb(r.report, pb.ReleaseInvocationRequest(
+            id=r.invocation_id, lease_token=r.lease_token, action=_ACTIONS[r.action], delay_s=r.delay_s,
+            count_attempt=r.count_attempt)) for r in releases])
+        msg = await self._call(self._stub.ReleaseInvocations, request, timeout=10)
+        return [wire.invocation_from_pb(r.invocation) if r.HasField("invocation")
+                else BY_CODE.get(r.error_code, LaminaError)(r.error_message) for r in msg.released]
 
     async def get_invocation(self, invocation_id: str) -> Invocation:
         msg = await self._call(self._stub.GetInvocation, pb.GetInvocationRequest(id=invocation_id), timeout=10)
@@ -248,6 +253,15 @@ class ControllerClient:
 
     async def purge_dead_letters(self, function: str) -> int:
         return (await self._call(self._stub.PurgeDeadLetters, pb.PurgeDeadLettersRequest(function=function))).count
+
+    async def queue_stats(self) -> dict[str, QueueStats]:
+        msg = await self._call(self._stub.GetQueueStats, pb.GetQueueStatsRequest(), timeout=10)
+        return {f.function: QueueStats(waiting=f.waiting, oldest_enqueued_at=f.oldest_enqueued_at,
+                                       dead_letters=f.dead_letters) for f in msg.functions}
+
+    async def prune_invocations(self, retention_s: float, limit: int = 0) -> int:
+        request = pb.PruneInvocationsRequest(retention_s=retention_s, limit=limit)
+        return (await self._call(self._stub.PruneInvocations, request)).count
 
     # cron triggers
 
@@ -272,19 +286,23 @@ class ControllerClient:
         request = pb.ReleaseLeaseRequest(name=name, holder=holder)
         return (await self._call(self._stub.ReleaseLease, request, timeout=5)).released
 
-    async def claim_fire(self, trigger_id: str, scheduled_at: float, *, lease: str, holder: str,
-                         detail: str = "") -> tuple[Fire, bool, Fire | None]:
-        """Record the tick once (see ``SQLTriggerStore.claim_fire``): (fire, claimed, previous)."""
-        request = pb.ClaimFireRequest(trigger_id=trigger_id, scheduled_at=scheduled_at, lease=lease, holder=holder,
-                                      detail=detail)
-        msg = await self._call(self._stub.ClaimFire, request, timeout=10)
-        previous = wire.fire_from_pb(msg.previous) if msg.HasField("previous") else None
-        return wire.fire_from_pb(msg.fire), msg.claimed, previous
+    async def claim_fires(self, ticks: Sequence[Tick], *, lease: str, holder: str) -> list[Claim]:
+        """Record the ticks, each once, in one call (see ``SQLTriggerStore.claim_fires``)."""
+        request = pb.ClaimFiresRequest(lease=lease, holder=holder, ticks=[
+            pb.ClaimFiresRequest.Tick(trigger_id=t.trigger_id, scheduled_at=t.scheduled_at, detail=t.detail)
+            for t in ticks])
+        msg = await self._call(self._stub.ClaimFires, request, timeout=10)
+        return [Claim(tick=tick, claimed=c.claimed, fire=wire.fire_from_pb(c.fire) if c.HasField("fire") else None,
+                      previous=wire.fire_from_pb(c.previous) if c.HasField("previous") else None)
+                for tick, c in zip(ticks, msg.claims, strict=True)]
 
-    async def finish_fire(self, fire_id: int, outcome: FireOutcome, invocation_id: str = "",
-                          detail: str = "") -> Fire:
-        request = pb.FinishFireRequest(id=fire_id, outcome=outcome.value, invocation_id=invocation_id, detail=detail)
-        return wire.fire_from_pb(await self._call(self._stub.FinishFire, request, timeout=10))
+    async def finish_fires(self, finishes: Sequence[tuple[int, FireOutcome, str, str]]) -> list[bool]:
+        """Record what became of pending fires, each (id, outcome, invocation id, detail); per
+        fire, whether it was still pending."""
+        request = pb.FinishFiresRequest(fires=[
+            pb.FinishFiresRequest.Finish(id=fire_id, outcome=outcome.value, invocation_id=invocation_id, detail=detail)
+            for fire_id, outcome, invocation_id, detail in finishes])
+        return list((await self._call(self._stub.FinishFires, request, timeout=10)).finished)
 
     async def list_fires(self, function: str, limit: int = 0, *, trigger_id: str = "", outcome: str = "") -> list[Fire]:
         request = pb.ListFiresRequest(function=function, limit=limit, trigger_id=trigger_id, outcome=outcome)

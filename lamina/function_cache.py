@@ -19,13 +19,16 @@ from lamina.core.functions import Function
 log = logging.getLogger(__name__)
 
 Listener = Callable[[FunctionChange], None]
+#: Told ``True`` when the watch stream is connected, ``False`` when it broke (see ``run``).
+ConnectionListener = Callable[[bool], None]
 
 
 class FunctionCache:
     """Functions by name, as of ``revision``."""
 
-    def __init__(self, client: ControllerClient) -> None:
+    def __init__(self, client: ControllerClient, on_connection: ConnectionListener | None = None) -> None:
         self._client = client
+        self._on_connection = on_connection
         self._functions: dict[str, Function] = {}
         self._listeners: list[Listener] = []
         #: The last revision applied; the watch resumes after it.
@@ -56,17 +59,27 @@ class FunctionCache:
         return fn
 
     async def run(self) -> None:
-        """Follow the watch stream forever, reconnecting with jittered backoff."""
+        """Follow the watch stream forever, reconnecting with jittered backoff.
+
+        ``on_connection(True)`` is called when a stream delivers its first event (the
+        controller always sends at least SYNCED after its replay, so an open stream proves
+        itself at once), ``on_connection(False)`` when that stream ends or breaks."""
         delay = 0.2
         while True:
+            connected = False
             try:
                 async for change in self._client.watch_functions(self.revision):
+                    if not connected and self._on_connection is not None:
+                        self._on_connection(True)
+                    connected = True
                     self._apply(change)
                     delay = 0.2
             except asyncio.CancelledError:
                 raise
             except LaminaError as exc:
                 log.warning("function watch interrupted (%s); resuming after revision %d", exc, self.revision)
+            if connected and self._on_connection is not None:
+                self._on_connection(False)
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 5.0)
 

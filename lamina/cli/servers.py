@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from lamina.core import settings as cfg
-from lamina.core.errors import InvalidSpec
+from lamina.core.errors import InvalidSpec, LaminaError
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="State directory [LAMINA_DATA_DIR, default ./.lamina]")]
 LogLevel = Annotated[str | None, typer.Option("--log-level", help="debug|info|warning|error [LAMINA_LOG_LEVEL]")]
@@ -123,6 +123,30 @@ def register(app: typer.Typer) -> None:
         from controller.server import serve
 
         asyncio.run(serve(settings))
+
+    @app.command()
+    def migrate(
+        data_dir: DataDir = None,
+        database_url: Annotated[str | None, typer.Option("--database-url", help="[LAMINA_DATABASE_URL]")] = None,
+        log_level: LogLevel = None,
+    ) -> None:
+        """Apply the database migrations and exit (the Helm chart's pre-upgrade Job; run
+        controllers with LAMINA_MIGRATE=false then)."""
+        settings = _load(cfg.ControllerSettings, data_dir=data_dir, database_url=database_url, log_level=log_level)
+        configure_logging(settings.log_level, "migrate")
+        logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # one line per plugin: noise
+        from controller import migrate as migrations
+        from controller.store.database import redacted
+
+        url = cfg.database_url(settings)
+        if url.startswith("sqlite:"):
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            migrations.upgrade(url)
+        except LaminaError as exc:
+            typer.echo(f"migration failed: {exc.message}", err=True)
+            raise typer.Exit(1) from exc
+        logging.getLogger("lamina.migrate").info("database at %s is at the newest revision", redacted(url))
 
     @app.command()
     def gateway(

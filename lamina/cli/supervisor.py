@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -108,6 +109,9 @@ class Stack:
             "LAMINA_HOST": gateway.host,
             "LAMINA_PORT": str(gateway.port),
             "LAMINA_FEDERATE_METRICS": "true" if gateway.federate_metrics else "false",
+            # A fresh secret per run unless the operator set one: only this stack's processes
+            # may call its controller (docs/sandbox.md).
+            "LAMINA_CLUSTER_TOKEN": gateway.cluster_token or secrets.token_urlsafe(32),
         }
         # The controller's stop includes its invokers' drain (up to their 25 s grace).
         self.children = [Child("controller", env, stop_timeout=40.0), Child("gateway", env)]

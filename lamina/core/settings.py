@@ -40,6 +40,13 @@ class CommonSettings:
     controller_url: str = "127.0.0.1:50051"
     """LAMINA_CONTROLLER_URL: host:port the gateway and invokers dial to reach the controller."""
 
+    cluster_token: str = ""
+    """LAMINA_CLUSTER_TOKEN: shared secret every gateway and invoker sends the controller and
+    the controller requires on every call (at least 22 characters, e.g. `secrets.token_urlsafe(32)`),
+    so code running beside them — a function's worker shares its invoker's network in the
+    `pod` tier — cannot use the control plane. `lamina up` generates one per run. Empty: the
+    controller accepts any caller, which it allows only on a loopback address, with a warning."""
+
     metrics_listen: str = ""
     """LAMINA_METRICS_LISTEN: host:port of the controller's or invoker's plain-HTTP listener
     for /metrics (Prometheus) and /healthz, /readyz (probes). Empty means none: under
@@ -181,6 +188,13 @@ class GatewaySettings(CommonSettings):
     """LAMINA_ASYNC_POLL_INTERVAL_S: seconds between the dispatcher's looks for due
     invocations when it found none (an invocation accepted by this gateway wakes it at once).
     Bounds the delay of retries and of invocations accepted by other replicas."""
+
+    async_retention_s: float = 7 * 86400.0
+    """LAMINA_ASYNC_RETENTION_S: seconds a finished async invocation (succeeded, failed,
+    cancelled) stays readable by id before the dispatchers delete it; dead-lettered ones stay
+    until redriven or purged. Seven days leaves a week to look into a run, while the queue's
+    storage stays bounded by a week of traffic. Keep it above LAMINA_IDEMPOTENCY_WINDOW_S, so
+    that a retried request finds the invocation it repeats."""
 
     async_dispatch: bool = True
     """LAMINA_ASYNC_DISPATCH: run the async dispatcher in this gateway. Off for a gateway

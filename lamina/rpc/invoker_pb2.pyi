@@ -91,16 +91,24 @@ class InvokerMetricsResponse(_message.Message):
     def __init__(self, text: _Optional[str] = ...) -> None: ...
 
 class InvokeStreamFrame(_message.Message):
-    __slots__ = ("tag", "request", "response", "error")
+    __slots__ = ("tag", "request", "response", "error", "hello")
     TAG_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    HELLO_FIELD_NUMBER: _ClassVar[int]
     tag: int
     request: InvokeRequest
     response: InvokeResponse
     error: StreamError
-    def __init__(self, tag: _Optional[int] = ..., request: _Optional[_Union[InvokeRequest, _Mapping]] = ..., response: _Optional[_Union[InvokeResponse, _Mapping]] = ..., error: _Optional[_Union[StreamError, _Mapping]] = ...) -> None: ...
+    hello: StreamHello
+    def __init__(self, tag: _Optional[int] = ..., request: _Optional[_Union[InvokeRequest, _Mapping]] = ..., response: _Optional[_Union[InvokeResponse, _Mapping]] = ..., error: _Optional[_Union[StreamError, _Mapping]] = ..., hello: _Optional[_Union[StreamHello, _Mapping]] = ...) -> None: ...
+
+class StreamHello(_message.Message):
+    __slots__ = ("token",)
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    def __init__(self, token: _Optional[str] = ...) -> None: ...
 
 class StreamError(_message.Message):
     __slots__ = ("code", "message")

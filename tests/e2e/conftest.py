@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -110,6 +111,8 @@ def make_stack(tmp_path: Path, database_url: str = "") -> Stack:
         "LAMINA_CONTROLLER_LISTEN": f"127.0.0.1:{free_port()}",
         "LAMINA_INVOKER_LISTEN": f"127.0.0.1:{free_port()}",
         "LAMINA_IDLE_TIMEOUT_S": "120",
+        # Known to the tests (not left to `lamina up`), so they can also call the controller.
+        "LAMINA_CLUSTER_TOKEN": secrets.token_urlsafe(32),
     }
     if database_url:
         env["LAMINA_DATABASE_URL"] = database_url

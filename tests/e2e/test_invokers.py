@@ -25,9 +25,9 @@ def wait_for(check, what: str, timeout: float = 60):  # type: ignore[no-untyped-
     raise AssertionError(f"not within {timeout:g} s: {what}")
 
 
-def records_by_function(controller: str, names: list[str]) -> dict[str, set[str]]:
+def records_by_function(controller: str, token: str, names: list[str]) -> dict[str, set[str]]:
     async def query() -> dict[str, set[str]]:
-        client = ControllerClient(controller)
+        client = ControllerClient(controller, token)
         try:
             return {name: {r.invoker_id for r in await client.query_records(name)} for name in names}
         finally:
@@ -70,7 +70,7 @@ def test_two_invokers_register_share_the_work_and_stop_with_the_stack(tmp_path) 
             assert response.status_code == 200, response.text
             assert response.json()["message"] == f"Hello, {name}!"
 
-        ran_on = wait_for(lambda: (r := records_by_function(controller, names)) and all(r.values()) and r,
+        ran_on = wait_for(lambda: (r := records_by_function(controller, stack.env["LAMINA_CLUSTER_TOKEN"], names)) and all(r.values()) and r,
                           "both invocations are recorded")
         assert set().union(*ran_on.values()) == ids, ran_on
 

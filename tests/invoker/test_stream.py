@@ -177,3 +177,57 @@ async def test_the_stream_can_be_turned_off(tmp_path: Path) -> None:
     finally:
         await server.stop(0)
         await controller.stop(grace=0)
+
+
+TOKEN = "cluster-token-" + "t" * 30
+
+
+@pytest.fixture
+async def guarded(tmp_path: Path) -> AsyncIterator[InvokerServer]:
+    """An invoker (and controller) of a cluster with a token."""
+    controller = controller_server.ControllerServer(ControllerSettings(
+        data_dir=tmp_path / "controller", controller_listen="127.0.0.1:0", cluster_token=TOKEN))
+    await controller.start()
+    client = ControllerClient(controller.address, TOKEN)
+    sha, _ = await client.upload_code(zip_chunks(write_code(tmp_path / "src", {"app.py": APP})))
+    await client.create_function(FunctionSpec(name="echo", handler="app.handler", code_sha256=sha))
+    server = InvokerServer(InvokerSettings(
+        data_dir=tmp_path / "invoker", controller_url=controller.address, invoker_listen="127.0.0.1:0",
+        invoker_id="inv-guarded", isolation="process", cluster_token=TOKEN))
+    await server.start()
+    await asyncio.wait_for(server.registered.wait(), 10)  # it holds the token the controller wants
+    yield server
+    await server.stop(0)
+    await client.close()
+    await controller.stop(grace=0)
+
+
+async def test_with_a_cluster_token_only_a_caller_holding_it_invokes(guarded: InvokerServer) -> None:
+    assert guarded._stream is not None
+    stream_address = f"127.0.0.1:{guarded._stream.port}"
+    stranger = await FrameSocket.open(stream_address)  # e.g. a function reaching its invoker's port
+    stranger.request(1, "echo", b'{"n": 1}')
+    wrong = await FrameSocket.open(stream_address)
+    wrong.writer.write(encode(pb.InvokeStreamFrame(hello=pb.StreamHello(token="not-" + TOKEN))))
+    wrong.request(1, "echo", b'{"n": 2}')
+    gateway = await FrameSocket.open(stream_address)
+    gateway.writer.write(encode(pb.InvokeStreamFrame(hello=pb.StreamHello(token=TOKEN))))
+    gateway.request(1, "echo", b'{"n": 3}', request_id="r-3")
+    try:
+        [refused] = await stranger.frames(1)
+        [refused_too] = await wrong.frames(1)
+        [served] = await gateway.frames(1)
+    finally:
+        for sock in (stranger, wrong, gateway):
+            await sock.close()
+    assert refused.error.code == "Unauthenticated" and "LAMINA_CLUSTER_TOKEN" in refused.error.message
+    assert refused_too.error.code == "Unauthenticated"
+    assert served.response.payload == b'{"echo": 3, "request_id": "r-3"}'
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{guarded.port}") as channel:
+        stub = pb_grpc.InvokerStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused_rpc:
+            await stub.Invoke(pb.InvokeRequest(function="echo", payload=b"{}"))
+        health = await stub.Health(pb.InvokerHealthRequest(), metadata=[("authorization", f"Bearer {TOKEN}")])
+    assert refused_rpc.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert health.invoker_id == "inv-guarded"
