@@ -59,10 +59,19 @@ def _is_text(content_type: str | None) -> bool:
     )
 
 
+#: The last second _clf_time formatted, and its text: requests of the same second share it.
+_clf_cache: tuple[int, str] = (-1, "")
+
+
 def _clf_time(epoch: float) -> str:
     """API Gateway's requestContext.time: "12/Mar/2020:19:03:58 +0000" (locale-independent)."""
-    t = time.gmtime(epoch)
-    return f"{t.tm_mday:02d}/{_MONTHS[t.tm_mon - 1]}/{t.tm_year}:{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000"
+    global _clf_cache
+    second = int(epoch)
+    if _clf_cache[0] != second:
+        t = time.gmtime(second)
+        _clf_cache = (second, f"{t.tm_mday:02d}/{_MONTHS[t.tm_mon - 1]}/{t.tm_year}:{t.tm_hour:02d}:"
+                              f"{t.tm_min:02d}:{t.tm_sec:02d} +0000")
+    return _clf_cache[1]
 
 
 def http_event(request: HttpRequest) -> dict[str, object]:

@@ -75,12 +75,16 @@ class Batcher(Generic[T]):
         self._shipped.inc(len(batch))
 
     async def run(self) -> None:
-        """Ship forever: every ``interval_s``, backing off up to 5 s while the controller is away."""
+        """Ship forever: every ``interval_s`` what is buffered, backing off up to 5 s while the
+        controller is away. Between two ticks only full batches go: what arrives while a batch
+        is on its way waits for the next tick, so a busy invoker sends a few large batches a
+        second rather than a stream of small ones (each costs the controller a commit)."""
         delay = self._interval
         while True:
             await asyncio.sleep(delay)
             try:
-                while self._buffer:
+                await self._ship_once()
+                while len(self._buffer) >= self._batch:
                     await self._ship_once()
                 delay = self._interval
             except LaminaError as exc:

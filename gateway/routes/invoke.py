@@ -75,8 +75,7 @@ async def run(state: State, fn: Function, request_id: str, payload: bytes, recei
     except LaminaError:
         metrics.invocations.labels(fn.name, "unavailable").inc()
         raise
-    metrics.invocations.labels(fn.name, result.outcome.value).inc()
-    metrics.duration.labels(fn.name).observe(time.perf_counter() - started)
+    metrics.observe_invocation(fn.name, result.outcome.value, time.perf_counter() - started)
     return result
 
 

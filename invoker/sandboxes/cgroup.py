@@ -115,10 +115,9 @@ def _read(path: str | Path) -> bytes:
         os.close(fd)
 
 
-def _read_key(path: str | Path, key: str) -> int:
-    """The value of the first ``key value`` line of ``path``; 0 when there is none."""
+def _value_of(data: bytes, key: str) -> int:
+    """The value of the first ``key value`` line of ``data``; 0 when there is none."""
     try:
-        data = _read(path)
         wanted = key.encode() + b" "
         if data.startswith(wanted):
             start = len(wanted)
@@ -129,9 +128,8 @@ def _read_key(path: str | Path, key: str) -> int:
             start = at + 1 + len(wanted)
         end = data.find(b"\n", start)
         return int(data[start:end] if end >= 0 else data[start:])
-    except (OSError, ValueError):
-        pass
-    return 0
+    except ValueError:
+        return 0
 
 
 def _pids(directory: Path, procs: str | None = None) -> list[int]:
@@ -192,6 +190,10 @@ class SlotCgroups:
         self._peak_file = str(memory_dir / ("memory.max_usage_in_bytes" if v1 else "memory.peak"))
         self._procs_file = str(memory_dir / "cgroup.procs")
         self._pids_events = str(pids_dir / "pids.events") if pids_dir is not None else None
+        #: Counter files kept open and re-read with one ``pread`` each (the kernel renders
+        #: them anew at offset 0): three syscalls fewer per file and invocation. Not
+        #: ``cgroup.procs``: its pid list is the one cached when the file was opened.
+        self._open: dict[str, int] = {}
         for directory in (memory_dir, pids_dir):
             if directory is not None:
                 if directory.exists():
@@ -233,16 +235,40 @@ class SlotCgroups:
         if self.pids_dir is not None:
             _write(self.pids_dir / "pids.max", pids)
 
+    def _pread(self, path: str) -> bytes:
+        fd = self._open.get(path)
+        if fd is None:
+            fd = self._open[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return os.pread(fd, 4096, 0)
+        except OSError:
+            self._close_files()
+            raise
+
+    def _close_files(self) -> None:
+        for fd in self._open.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._open.clear()
+
     def oom_kills(self) -> int:
-        return _read_key(self._oom_file, "oom_kill")
+        try:
+            return _value_of(self._pread(self._oom_file), "oom_kill")
+        except OSError:
+            return 0
 
     def pids_limit_hits(self) -> int:
         """How often a fork failed on ``pids.max`` (``pids.events``: ``max``)."""
-        return _read_key(self._pids_events, "max") if self._pids_events is not None else 0
+        if self._pids_events is None:
+            return 0
+        try:
+            return _value_of(self._pread(self._pids_events), "max")
+        except OSError:
+            return 0
 
     def max_memory_bytes(self) -> int:
         try:
-            return int(_read(self._peak_file))
+            return int(self._pread(self._peak_file))
         except (OSError, ValueError):
             return 0
 
@@ -262,6 +288,7 @@ class SlotCgroups:
             time.sleep(0.001)
 
     def remove(self) -> None:
+        self._close_files()
         for directory in (self.memory_dir, self.pids_dir):
             if directory is not None:
                 _remove(directory)
