@@ -13,15 +13,23 @@ from loadgen import Load, LoadGenerator
 
 
 def compare(gen: LoadGenerator, baseline_url: str, lamina_url: str, concurrency: int, seconds: float,
-            rounds: int) -> dict[str, object]:
-    """Both servers at ``concurrency`` for ``rounds`` alternating runs of ``seconds``."""
+            rounds: int, floor_url: str = "") -> dict[str, object]:
+    """Both servers (and the architecture's floor, ``bench/floor.py``, when given) at
+    ``concurrency`` for ``rounds`` alternating runs of ``seconds``."""
     base: list[Load] = []
     ours: list[Load] = []
+    floor: list[Load] = []
     for _ in range(rounds):
         base.append(gen.run(baseline_url, concurrency, seconds))
+        if floor_url:
+            floor.append(gen.run(floor_url, concurrency, seconds))
         ours.append(gen.run(lamina_url, concurrency, seconds))
     b, o = _median_run(base), _median_run(ours)
-    return {
+    extra: dict[str, object] = {}
+    if floor:
+        f = _median_run(floor)
+        extra = {"floor": f.as_dict(), "floor_p50_overhead_ms": f.p50_ms - b.p50_ms, "floor_rps_ratio": f.rps / b.rps}
+    return {**extra,
         "concurrency": concurrency,
         "baseline_uvicorn": b.as_dict(),
         "lamina": o.as_dict(),
@@ -49,4 +57,7 @@ def describe(row: dict[str, object]) -> list[str]:
         f"{'  (' + str(o['errors']) + ' errors)' if o['errors'] else ''}",
         f"                 ratio         x{row['rps_ratio']:.2f} req/s, p50 +{row['p50_overhead_ms']:.3f} ms"
         f" (x{row['p50_ratio']:.2f}), p99 x{row['p99_ratio']:.2f}",
+        *([f"                 floor         {row['floor']['rps']:>8.0f} req/s  p50 {row['floor']['p50_ms']:.3f} ms"
+           f"  (the three hops with nothing in them: x{row['floor_rps_ratio']:.2f} req/s,"
+           f" p50 +{row['floor_p50_overhead_ms']:.3f} ms)"] if "floor" in row else []),
     ]

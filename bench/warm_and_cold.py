@@ -3,7 +3,8 @@ baseline measured in the same run. Prints the figures and writes bench/results/b
 
 - warm: ``/function/hello`` through gateway → invoker → worker vs a bare uvicorn
   hello-world, both loaded by the same client (wrk) at concurrency 1 and 32: requests/s, p50,
-  p99 and the ratios (bench/warm.py);
+  p99 and the ratios (bench/warm.py); beside them the architecture's floor, the same three
+  hops with nothing in them (bench/floor.py);
 - cold: the invoker's ``init_duration_ms`` for a new worker vs a fresh ``python -I -S`` (and
   ``node``) running the same bootstrap and handler, spawned by the bench (bench/cold.py);
 - memory: USS and RSS of an idle warm worker, Python and Node (bench/memory.py).
@@ -21,6 +22,7 @@ import sys
 import time
 
 from cold import fresh_node, fresh_python, invoker_cold_starts, node_available, summary
+from floor import Floor
 from loadgen import LoadGenerator
 from memory import idle_worker
 from stack import BENCH, ROOT, BareUvicorn, LaminaStack
@@ -59,7 +61,8 @@ def main() -> int:
         with BareUvicorn() as base, LaminaStack() as stack:
             stack.deploy("hello", HELLO)
             url = f"{stack.url}/function/hello"
-            results["warm"] = [compare(gen, base.url, url, c, SECONDS, ROUNDS) for c in (1, 32)]
+            with Floor(workers=32) as floor:
+                results["warm"] = [compare(gen, base.url, url, c, SECONDS, ROUNDS, floor.url) for c in (1, 32)]
             results["cold_start"] = {"python": cold_section(stack, "python")}
             why_not_node = node_available()
             results["cold_start"]["node"] = cold_section(stack, "node") if not why_not_node else {"skipped": why_not_node}

@@ -7,9 +7,11 @@ set, so a green CI run always exercised them.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -28,6 +30,17 @@ def service_missing(what: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{what} is required in CI but is not reachable")
     pytest.skip(f"{what} is not reachable")
+
+
+def required_tool(name: str, install: str, *, beside: Path | None = None) -> str:
+    """The path of command ``name`` (looked up first in ``beside``, then on PATH): skipped
+    locally when absent, a failure in CI. ``install`` says how to get it."""
+    found = (shutil.which(name, path=str(beside)) if beside else None) or shutil.which(name)
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is required in CI but is not installed ({install})")
+        pytest.skip(f"{name} is not installed ({install})")
+    return found
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from lamina.ops_http import OpsServer, Probe
 async def _raw(port: int, request: bytes) -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(request)
-    await writer.drain()
+    writer.write_eof()  # the client is done: a partial head is all the server will get
     data = await reader.read()
     writer.close()
     return data

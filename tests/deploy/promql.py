@@ -3,22 +3,20 @@ lexer, the series the code's own registries export, the rules file, and promtool
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
 from controller.metrics import ControllerMetrics
 from gateway.metrics import GatewayMetrics
 from invoker.metrics import InvokerMetrics
+from tests.conftest import required_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "charts" / "lamina" / "files" / "prometheus"
@@ -225,12 +223,7 @@ def check_rules(rules: dict[str, Any], series: dict[str, set[str]]) -> list[str]
 
 def promtool() -> str:
     """The promtool binary: skipped locally when absent, a failure in CI."""
-    found = shutil.which("promtool")
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is required in CI (Debian: apt-get install prometheus)")
-        pytest.skip("promtool is not installed (Debian: apt-get install prometheus)")
-    return found
+    return required_tool("promtool", "Debian: apt-get install prometheus")
 
 
 def run_promtool(*args: str, cwd: Path = PROMETHEUS_DIR) -> subprocess.CompletedProcess[str]:

@@ -19,7 +19,6 @@ import ipaddress
 import json
 import os
 import re
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from kubernetes import client
 from controller import migrate
 from controller.orchestrators.kubernetes import KubernetesOrchestrator, namespace_of
 from lamina.core import settings as cfg
+from tests.conftest import required_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "lamina"
@@ -67,19 +67,13 @@ COMPONENT_SETTINGS = {"controller": cfg.ControllerSettings, "migrate": cfg.Contr
 
 
 @cache
-def helm_binary() -> str | None:
-    for candidate in (ROOT / ".venv" / "bin" / "helm", shutil.which("helm")):
-        if candidate and os.access(candidate, os.X_OK):
-            return str(candidate)
-    return None
+def helm_binary() -> str:
+    return required_tool("helm", "make .venv/bin/helm", beside=ROOT / ".venv" / "bin")
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _helm_present() -> None:
-    if helm_binary() is None:
-        if os.environ.get("CI"):
-            pytest.fail("helm is required in CI but is not installed (make .venv/bin/helm)")
-        pytest.skip("helm is not installed (make .venv/bin/helm)")
+    helm_binary()
 
 
 @pytest.fixture(scope="module")

