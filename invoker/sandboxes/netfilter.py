@@ -23,13 +23,18 @@ class NftFilter:
     def __init__(self, table: str) -> None:
         self.table = table
 
+    @staticmethod
+    def table_name(scope: str) -> str:
+        """The table of invoker scope ``scope``."""
+        return "lamina_" + _UNSAFE.sub("_", scope)[:40]
+
     @classmethod
     def install(cls, scope: str, uid_first: int, uid_last: int) -> NftFilter:
         """Install (or replace) the table. Raises ``OSError`` naming what is missing."""
         nft = shutil.which("nft")
         if nft is None:
             raise OSError(2, "the nft command is not installed (Debian package nftables)")
-        table = "lamina_" + _UNSAFE.sub("_", scope)[:40]
+        table = cls.table_name(scope)
         skuid = f"meta skuid {uid_first}-{uid_last}"
         rules = (f"table inet {table}\ndelete table inet {table}\n"
                  f"table inet {table} {{\n  chain output {{\n"

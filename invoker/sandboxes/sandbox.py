@@ -449,3 +449,13 @@ class ZygoteSandbox:
             os.close(self._uid_lease)  # releases the flock: another invoker may take the range
             self._uid_lease = None
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def clear_scope(scope: str) -> None:
+    """Remove from the host what an invoker with sandbox ``scope`` left when it could not
+    (killed with SIGKILL): its cgroups, killing what still runs in them, and its egress
+    table. Its next start does the same; this is for a scope that will not start again.
+    Never raises."""
+    with contextlib.suppress(OSError):
+        cgroup.CgroupTree.create(f"lamina-{scope}").close()
+    NftFilter(NftFilter.table_name(scope)).close()

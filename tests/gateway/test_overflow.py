@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.balancer import Balancer
 from gateway.invokers import InvokerClients
+from invoker.sandboxes.sandbox import clear_scope
 from invoker.server import InvokerServer
 from lamina.controller_client import ControllerClient
 from lamina.core.fleet import InvokerInfo, InvokerLoad
@@ -341,3 +342,5 @@ def test_an_invoker_killed_mid_call_fails_its_callers_quickly_and_the_next_call_
             process.wait(10)
         stack.stop()
         stack.loop.close()
+        # What the SIGKILLed invoker could not remove (its next run would): not left on the host.
+        clear_scope(f"lamina-{doomed_id}")
