@@ -78,8 +78,10 @@ class OpsServer:
             return
         reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
                   503: "Service Unavailable"}[status]
+        # HEAD: the headers GET would send (its Content-Length included), without the body.
         writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
-                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                     + (b"" if head.startswith(b"HEAD ") else body))
         with contextlib.suppress(ConnectionError):
             await writer.drain()
         writer.close()
@@ -96,8 +98,7 @@ class OpsServer:
             return 404, "text/plain", b"not found: try /metrics, /healthz or /readyz\n"
         if method not in ("GET", "HEAD"):
             return 405, "text/plain", b"only GET\n"
-        status, content_type, body = route()
-        return status, content_type, b"" if method == "HEAD" else body
+        return route()
 
 
 def _probe(probe: Probe) -> tuple[int, str, bytes]:

@@ -39,6 +39,7 @@ async def test_it_serves_metrics_and_answers_probes_by_their_outcome() -> None:
             now_ready = await http.get("/readyz?verbose=1")
             missing = await http.get("/nope")
             post = await http.post("/metrics")
+            head = await http.head("/metrics")
         malformed = await _raw(ops.port, b"GARBAGE\r\n\r\n")
         truncated = await _raw(ops.port, b"GET /metrics HTTP/1.1\r\n")  # the client gives up mid-head
     finally:
@@ -50,6 +51,7 @@ async def test_it_serves_metrics_and_answers_probes_by_their_outcome() -> None:
     assert not_ready.status_code == 503 and not_ready.json() == {"status": "unavailable", "why": "registering"}
     assert now_ready.status_code == 200
     assert missing.status_code == 404 and post.status_code == 405
+    assert head.status_code == 200 and head.content == b"" and head.headers["content-length"] == str(len("up_total 1\n"))
     assert malformed.startswith(b"HTTP/1.1 400 ")
     assert truncated == b""
 
