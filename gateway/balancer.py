@@ -302,7 +302,8 @@ class Balancer:
         """The invokers a call of ``fn`` would try now, in order."""
         return [m.info for m in self._plan(fn)[0]]
 
-    async def invoke(self, fn: Function, request_id: str, payload: bytes, *, attempt: int = 0) -> InvocationResult:
+    async def invoke(self, fn: Function, request_id: str, payload: bytes, *, attempt: int = 0,
+                     logs: bool = True) -> InvocationResult:
         """Run ``fn`` once on its home invoker, or on the least loaded when the home is
         saturated, or on the next that can take it.
 
@@ -334,7 +335,7 @@ class Balancer:
             calls[fn.name] = calls.get(fn.name, 0) + 1
             try:
                 result = await self._clients.invoke(address, fn, request_id, payload, timeout, patient=i == last,
-                                                    attempt=attempt)
+                                                    attempt=attempt, logs=logs)
             except InvokerBusy as exc:
                 self._record(member, False)
                 if exc.at_capacity:

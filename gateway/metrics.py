@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Iterable
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from lamina import hotmetrics
 
 log = logging.getLogger(__name__)
 
@@ -35,19 +36,21 @@ class GatewayMetrics:
     """The gateway's own metrics, in a registry of their own."""
 
     def __init__(self) -> None:
-        self._invocation_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._invocation_children: dict[tuple[str, str], tuple[hotmetrics.CounterChild,
+                                                                hotmetrics.HistogramChild]] = {}
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
+        # The series every request or invocation updates are lock-free (``lamina.hotmetrics``).
+        self.requests = hotmetrics.Counter(
             "lamina_gateway_requests", "HTTP requests answered by the gateway, by route template, method and status.",
             ["route", "method", "code"], registry=self.registry,
         )
-        self.invocations = Counter(
+        self.invocations = hotmetrics.Counter(
             "lamina_gateway_invocations",
             "Synchronous invocations by function and outcome (success, function_error, crashed, out_of_memory, "
             "timeout; unavailable when no invoker ran it; throttled when it was refused with 429).",
             ["function", "outcome"], registry=self.registry,
         )
-        self.duration = Histogram(
+        self.duration = hotmetrics.Histogram(
             "lamina_gateway_invocation_duration_seconds",
             "Time from the gateway sending an invocation to an invoker until its result, in seconds.",
             ["function"], buckets=DURATION_BUCKETS, registry=self.registry,
@@ -123,14 +126,13 @@ class GatewayMetrics:
         )
 
     def observe_invocation(self, function: str, outcome: str, seconds: float) -> None:
-        """Count a synchronous invocation that ran and observe its duration. The label
-        children are looked up once per (function, outcome): ``labels()`` validates and locks
-        on every call, and this runs on every invocation (no series is ever removed)."""
+        """Count a synchronous invocation that ran and observe its duration (the series of
+        each (function, outcome) looked up once; no series is ever removed)."""
         children = self._invocation_children.get((function, outcome))
         if children is None:
             children = self._invocation_children[function, outcome] = (
                 self.invocations.labels(function, outcome), self.duration.labels(function))
-        children[0].inc()
+        children[0].value += 1
         children[1].observe(seconds)
 
     def text(self) -> bytes:

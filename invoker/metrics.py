@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from lamina import hotmetrics
 from lamina.core.invocations import InvocationResult
 from lamina.core.records import InvocationRecord
 
@@ -50,19 +51,20 @@ class InvokerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.invocations = Counter(
-            "lamina_invoker_invocations_total", "Invocations run by this invoker, by function and outcome "
+        # The series every invocation updates are lock-free (``lamina.hotmetrics``).
+        self.invocations = hotmetrics.Counter(
+            "lamina_invoker_invocations", "Invocations run by this invoker, by function and outcome "
             "(success, function_error, crashed, out_of_memory, timeout).", ["function", "outcome"], registry=r)
-        self.cold_starts = Counter(
-            "lamina_invoker_cold_starts_total", "Invocations that had to start a new worker.", ["function"],
+        self.cold_starts = hotmetrics.Counter(
+            "lamina_invoker_cold_starts", "Invocations that had to start a new worker.", ["function"],
             registry=r)
         self.evictions = Counter(
             "lamina_invoker_evictions_total", "Idle warm workers stopped to make memory room for another "
             "function's worker, by the evicted worker's function.", ["function"], registry=r)
-        self.duration = Histogram(
+        self.duration = hotmetrics.Histogram(
             "lamina_invoker_duration_seconds", "Time the handler ran per invocation (excluding init), seconds.",
             ["function"], buckets=DURATION_BUCKETS, registry=r)
-        self.init_duration = Histogram(
+        self.init_duration = hotmetrics.Histogram(
             "lamina_invoker_init_duration_seconds", "Time to start a worker and import its handler, seconds.",
             ["function"], buckets=INIT_BUCKETS, registry=r)
         self.warm_workers = Gauge(
@@ -80,17 +82,17 @@ class InvokerMetrics:
             "ahead of the expected next call), min_scale_start (workers started to keep min_scale warm), evicted "
             "(an idle worker stopped to make memory room), retired (idle workers of an older revision stopped).",
             ["function", "action"], registry=r)
-        self.in_flight = Gauge(
+        self.in_flight = hotmetrics.Gauge(
             "lamina_invoker_in_flight_invocations", "Invocations running right now.", registry=r)
         self.log_records_dropped = Counter(
             "lamina_invoker_log_records_dropped_total", "Log records dropped because the controller was "
             "unreachable for longer than the shipping buffer lasts.", registry=r)
         self.log_records_shipped = Counter(
             "lamina_invoker_log_records_shipped_total", "Log records delivered to the controller.", registry=r)
-        self.gb_seconds = Counter(
-            "lamina_invoker_gb_seconds_total", "Compute billed, in GB-seconds: the function's memory (GB) times "
+        self.gb_seconds = hotmetrics.Counter(
+            "lamina_invoker_gb_seconds", "Compute billed, in GB-seconds: the function's memory (GB) times "
             "its billed duration (s, rounded up to 1 ms), by function.", ["function"], registry=r)
-        self.billed_duration = Histogram(
+        self.billed_duration = hotmetrics.Histogram(
             "lamina_invoker_billed_duration_seconds", "Billed duration per invocation (the handler's run time "
             "rounded up to 1 ms, at least 1 ms), seconds.", ["function"], buckets=DURATION_BUCKETS, registry=r)
         self.records_shipped = Counter(
@@ -104,16 +106,12 @@ class InvokerMetrics:
             "lamina_invoker_isolation_info", "Always 1; the labels name the isolation tier (A: cgroups, "
             "namespaces, uid, seccomp…; B: unprivileged pod; C: processes only) and its active layers.",
             ["tier", "layers"], registry=r)
-        self._outcomes: dict[tuple[str, str], Counter] = {}
-        self._per_function: dict[str, tuple[Histogram, Counter, Histogram]] = {}
+        self._per_function: dict[str, tuple[hotmetrics.HistogramChild, hotmetrics.CounterChild,
+                                            hotmetrics.HistogramChild]] = {}
 
     def observe(self, function: str, result: InvocationResult) -> None:
         """Record one finished invocation."""
-        outcome = result.outcome.value
-        counter = self._outcomes.get((function, outcome))
-        if counter is None:
-            counter = self._outcomes[(function, outcome)] = self.invocations.labels(function, outcome)
-        counter.inc()
+        self.invocations.labels(function, result.outcome.value).value += 1
         if result.duration_ms:
             self._children(function)[0].observe(result.duration_ms / 1000)
         if result.cold_start:
@@ -124,13 +122,13 @@ class InvokerMetrics:
     def bill(self, record: InvocationRecord) -> None:
         """Record what one finished invocation is billed."""
         _, gb_seconds, billed = self._children(record.function)
-        gb_seconds.inc(record.gb_seconds)
+        gb_seconds.value += record.gb_seconds
         billed.observe(record.billed_ms / 1000)
 
-    def _children(self, function: str) -> tuple[Histogram, Counter, Histogram]:
+    def _children(self, function: str) -> tuple[hotmetrics.HistogramChild, hotmetrics.CounterChild,
+                                                hotmetrics.HistogramChild]:
         """The per-invocation series of ``function`` (duration, GB-seconds, billed duration),
-        looked up once: ``labels()`` validates and locks on every call. No series is ever
-        removed, so a cached child stays the registered one."""
+        looked up once. No series is ever removed, so a cached child stays the exported one."""
         children = self._per_function.get(function)
         if children is None:
             children = self._per_function[function] = (

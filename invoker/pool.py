@@ -107,6 +107,17 @@ class _Scaling:
         return self.function.spec.min_scale if self.home else 0
 
 
+@dataclass(frozen=True)
+class Answers:
+    """Who hears of an invocation's result, and when: ``answer`` as soon as what the caller
+    is told is final (see ``Worker.invoke``; logs included only with ``logs``), then
+    ``finished`` with the whole result (the bill), both before the worker is released."""
+
+    answer: Callable[[InvocationResult], None]
+    finished: Callable[[InvocationResult], None]
+    logs: bool = True
+
+
 class WorkerPool:
     """The workers of one invoker. All methods run on the event loop; none is thread-safe."""
 
@@ -189,8 +200,10 @@ class WorkerPool:
 
     # invocations: the hot path
 
-    async def invoke(self, spec: WorkerSpec, request_id: str, payload: bytes, attempt: int = 0) -> InvocationResult:
+    async def invoke(self, spec: WorkerSpec, request_id: str, payload: bytes, attempt: int = 0,
+                     answers: Answers | None = None) -> InvocationResult:
         """Run one invocation on a warm worker of ``spec`` or a new one; always a result.
+        ``answers`` (see :class:`Answers`) hears of it before the worker is released.
 
         Raises ``LimitExceeded`` when no worker (``max_scale``) or no memory became free
         within the function's timeout, ``Unavailable`` when the pool is shutting down."""
@@ -199,13 +212,17 @@ class WorkerPool:
         self.metrics.in_flight.inc()
         started = time.monotonic()
         try:
-            result = await worker.invoke(request_id, payload, attempt)
+            if answers is None:
+                result = await worker.invoke(request_id, payload, attempt)
+            else:
+                result = await worker.invoke(request_id, payload, attempt, answer=answers.answer, logs=answers.logs)
+                answers.finished(result)
+            self.metrics.observe(spec.function, result)
         finally:
             self._busy.discard(worker)
             self.metrics.in_flight.dec()
             self.policy.record(spec.function, started, worker.last_used)
             await self._release(worker)
-        self.metrics.observe(spec.function, result)
         return result
 
     async def _acquire(self, spec: WorkerSpec) -> Worker:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import grpc
 
 from invoker.codecache import CodeCache
-from invoker.pool import WorkerPool
+from invoker.pool import Answers, WorkerPool
 from invoker.runtimes import Interpreters
 from invoker.worker import WorkerSpec
 from lamina import wire
@@ -46,22 +46,44 @@ class InvokerServicer(pb_grpc.InvokerServicer):
         self._interpreters = interpreters
         self._records = records
 
-    async def invoke(self, function: str, revision: int, request_id: str, payload: bytes,
-                     attempt: int = 0) -> InvocationResult:
+    async def invoke(self, function: str, revision: int, request_id: str, payload: bytes, attempt: int = 0,
+                     answer: Callable[[InvocationResult], None] | None = None, logs: bool = True) -> InvocationResult:
         """Run ``function`` (at least at ``revision``) once and bill it. Raises ``LaminaError``
-        for platform failures only (nothing ran, nothing is billed)."""
+        for platform failures only (nothing ran, nothing is billed).
+
+        ``answer`` is called once with the result as soon as what the caller is told is final,
+        before the bill and the pool's bookkeeping (keep-alive statistics, releasing the
+        worker); without ``logs`` (the caller does not want them) even before the logs are
+        collected (``Worker.invoke``). A caller that sends the result on (the invocation
+        stream) so does it off the invocation's critical path."""
         start = time.time()
         request_id = request_id or str(uuid.uuid4())
         fn = await self._functions.resolve(function, min_revision=revision)
-        result = await self._run(fn, request_id, payload, attempt)
-        record = InvocationRecord.of(result, request_id=request_id, function=fn.name, revision=fn.revision,
-                                     memory_mb=fn.spec.memory_mb, start=start)
-        self._pool.metrics.bill(record)
-        if self._records is not None:
-            self._records(record)
+        answered = billed = False
+
+        def answer_once(result: InvocationResult) -> None:
+            nonlocal answered
+            if not answered and answer is not None:
+                answered = True
+                answer(result)
+
+        def finished(result: InvocationResult) -> None:
+            nonlocal billed
+            answer_once(result)
+            billed = True
+            record = InvocationRecord.of(result, request_id=request_id, function=fn.name, revision=fn.revision,
+                                         memory_mb=fn.spec.memory_mb, start=start)
+            self._pool.metrics.bill(record)
+            if self._records is not None:
+                self._records(record)
+
+        result = await self._run(fn, request_id, payload, attempt, Answers(answer_once, finished, logs))
+        if not billed:
+            finished(result)
         return result
 
-    async def _run(self, fn: Function, request_id: str, payload: bytes, attempt: int) -> InvocationResult:
+    async def _run(self, fn: Function, request_id: str, payload: bytes, attempt: int,
+                   answers: Answers) -> InvocationResult:
         runtime = fn.spec.runtime
         if runtime in self._interpreters:
             interpreter = self._interpreters.find(runtime)
@@ -78,7 +100,7 @@ class InvokerServicer(pb_grpc.InvokerServicer):
             return result
         code_dir = await self._code.ensure(fn.spec.code_sha256)
         spec = WorkerSpec.of(fn, code_dir, interpreter)
-        return await self._pool.invoke(spec, request_id, payload, attempt)
+        return await self._pool.invoke(spec, request_id, payload, attempt, answers)
 
     async def worker_spec(self, fn: Function) -> WorkerSpec | None:
         """The worker spec of ``fn``, its code fetched, for a worker started ahead of any call
@@ -91,7 +113,7 @@ class InvokerServicer(pb_grpc.InvokerServicer):
     async def Invoke(self, request: pb.InvokeRequest, context: grpc.aio.ServicerContext) -> pb.InvokeResponse:
         try:
             result = await self.invoke(request.function, request.revision, request.request_id, request.payload,
-                                       request.attempt)
+                                       request.attempt, logs=not request.omit_logs)
         except LaminaError as exc:
             await context.abort(wire.grpc_status(exc), exc.message)
         return wire.result_to_pb(result)

@@ -25,6 +25,7 @@ from typing import cast
 from invoker.service import InvokerServicer
 from lamina import wire
 from lamina.core.errors import LaminaError, Unauthenticated, Unavailable
+from lamina.core.invocations import InvocationResult
 from lamina.framing import encode, split_frames, tune
 from lamina.rpc import invoker_pb2 as pb
 
@@ -87,9 +88,17 @@ class _Connection(asyncio.Protocol):
         task.add_done_callback(self._stream.tasks.discard)
 
     async def _invoke(self, tag: int, request: pb.InvokeRequest) -> None:
+        answered = False
+
+        def answer(result: InvocationResult) -> None:
+            # Sent as soon as the result is final; billing and releasing the worker follow.
+            nonlocal answered
+            answered = True
+            self._reply(pb.InvokeStreamFrame(tag=tag, response=wire.result_to_pb(result)))
+
         try:
-            result = await self._servicer.invoke(request.function, request.revision, request.request_id,
-                                                 request.payload, request.attempt)
+            await self._servicer.invoke(request.function, request.revision, request.request_id, request.payload,
+                                        request.attempt, answer, logs=not request.omit_logs)
         except LaminaError as exc:
             frame = pb.InvokeStreamFrame(tag=tag, error=pb.StreamError(code=exc.code, message=exc.message))
         except Exception as exc:  # the gRPC server would answer INTERNAL; so does the stream
@@ -97,8 +106,9 @@ class _Connection(asyncio.Protocol):
             frame = pb.InvokeStreamFrame(tag=tag, error=pb.StreamError(
                 code=LaminaError.code, message=f"invoker error: {type(exc).__name__}: {exc}"))
         else:
-            frame = pb.InvokeStreamFrame(tag=tag, response=wire.result_to_pb(result))
-        self._reply(frame)
+            return
+        if not answered:  # a failure after the answer (releasing the worker) is the invoker's own
+            self._reply(frame)
 
     def _reply(self, frame: pb.InvokeStreamFrame) -> None:
         transport = self._transport

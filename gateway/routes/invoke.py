@@ -49,13 +49,15 @@ async def resolve(request: Request, name: str) -> Function:
 
 
 async def run(state: State, fn: Function, request_id: str, payload: bytes, receive: Receive | None, *,
-              attempt: int = 0) -> InvocationResult:
+              attempt: int = 0, logs: bool = True) -> InvocationResult:
     """Invoke once, within the function's reserved concurrency when it has one (the same path
     for every sync route), recording the outcome and duration.
 
     ``receive`` is the request's, its body already read: a caller that hangs up while
     queued for a slot leaves the queue (``CallerGone``). Raises ``Throttled`` (429) when the
-    reservation and its queue are full or no invoker has room, and the balancer's errors."""
+    reservation and its queue are full or no invoker has room, and the balancer's errors.
+    Without ``logs`` (no log tail asked for) the result carries none, and the invoker
+    answers before it collects them."""
     metrics = state.metrics
     gate = None
     try:
@@ -63,7 +65,7 @@ async def run(state: State, fn: Function, request_id: str, payload: bytes, recei
             gate = await state.limiter.acquire(fn, receive)
         started = time.perf_counter()
         try:
-            result = await state.balancer.invoke(fn, request_id, payload, attempt=attempt)
+            result = await state.balancer.invoke(fn, request_id, payload, attempt=attempt, logs=logs)
         finally:
             if gate is not None:  # also when cancelled: a slot is never lost
                 state.limiter.release(gate, time.perf_counter() - started)
@@ -116,7 +118,8 @@ async def invoke(name: str, request: Request) -> Response:
         if event:
             return await asynchronous.accept(request, name, payload)
         fn = await resolve(request, name)
-        result = await run(state, fn, request_id, payload, request.receive)
+        tail = responses.wants_log_tail(request.headers)
+        result = await run(state, fn, request_id, payload, request.receive, logs=tail)
     except LaminaError as exc:
         return responses.error_response(exc, {responses.REQUEST_ID: request_id})
-    return responses.direct_response(result, request_id, log_tail=responses.wants_log_tail(request.headers))
+    return responses.direct_response(result, request_id, log_tail=tail)

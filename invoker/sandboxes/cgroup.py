@@ -172,7 +172,12 @@ def _remove(directory: Path) -> bool:
 
 
 def _write(path: Path, value: int | str) -> None:
-    path.write_text(str(value))
+    # os calls, not Path.write_text: no text layer for a few bytes (this is on the cold path).
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, str(value).encode())
+    finally:
+        os.close(fd)
 
 
 class SlotCgroups:

@@ -30,6 +30,7 @@ from invoker.runtimes import is_exec_runtime
 from invoker.sandboxes import cgroup, probe
 from invoker.sandboxes.netfilter import NftFilter
 from invoker.sandboxes.slots import (
+    DEFAULT_MEMORY_MB,
     DEFAULT_TMP_MB,
     SPARE_SLOTS,
     UID_BASE,
@@ -112,6 +113,9 @@ class ZygoteSandbox:
         self.workdir = Path(tempfile.mkdtemp(prefix=f"lamina-{scope[:40]}-"))
         os.chmod(self.workdir, 0o711)
         self._spares: dict[str, list[ZygoteSlot]] = {}
+        #: The memory size (MB) of the last worker started per interpreter: spare slots are
+        #: given its limits ahead of need (``ZygoteSlot.preset``).
+        self.sizes: dict[str, int] = {}
         self._free = list(range(UIDS_PER_INVOKER - 1, -1, -1))
         self._slots: set[ZygoteSlot] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -236,7 +240,12 @@ class ZygoteSandbox:
         """Start the spare slots for ``interpreter`` now (at invoker start)."""
         spares = self._spares.setdefault(interpreter, [])
         while len(spares) < SPARE_SLOTS:
-            spares.append(await self._new_slot(interpreter))
+            slot = await self._new_slot(interpreter)
+            try:
+                slot.preset(self.sizes.get(interpreter, DEFAULT_MEMORY_MB))
+            except OSError as exc:  # the spawn sets them again, and reports a failure
+                log.warning("cannot preset the limits of sandbox slot %d: %s", slot.index, exc)
+            spares.append(slot)
 
     async def _new_slot(self, interpreter: str) -> ZygoteSlot:
         if not self._free:

@@ -183,14 +183,21 @@ class ZygoteSlot:
         plan["environment"] = env
         return plan
 
+    def preset(self, memory_mb: int) -> None:
+        """Set the cgroup limits for a worker of ``memory_mb``: at spawn, and ahead of it for a
+        spare slot (the size of the last worker started), so that a spawn of the same size
+        only resets the peak. Raises ``OSError``."""
+        if self.cgroups is not None:  # the zygote's own few MB are charged to the slot too
+            self.cgroups.limit((memory_mb + ZYGOTE_ALLOWANCE_MB) * 1024 * 1024, MAX_PIDS)
+
     def spawn(self, launch: Launch, fds: tuple[int, int, int]) -> asyncio.Future[int]:
         """Start a confined worker for ``launch`` (see :meth:`Zygote.spawn`); the future
         gives its pid. Raises ``OSError`` when the slot cannot."""
         assert self.zygote is not None
         self.memory_mb = launch.memory_mb
         limit = launch.memory_mb * 1024 * 1024
-        if self.cgroups is not None:  # the zygote's own few MB are charged to the slot too
-            self.cgroups.limit(limit + ZYGOTE_ALLOWANCE_MB * 1024 * 1024, MAX_PIDS)
+        self.preset(launch.memory_mb)
+        self.sandbox.sizes[self.interpreter] = launch.memory_mb
         spawned = self.zygote.spawn(self.plan(launch), fds)
         # Tier A: the zygote shows the code on its template when the worker was enclosed
         # ahead of need; taken back when the slot is released (a no-op if it was not).

@@ -23,18 +23,20 @@ OUT_OF_MEMORY: Outcome
 TIMEOUT: Outcome
 
 class InvokeRequest(_message.Message):
-    __slots__ = ("function", "revision", "request_id", "payload", "attempt")
+    __slots__ = ("function", "revision", "request_id", "payload", "attempt", "omit_logs")
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    OMIT_LOGS_FIELD_NUMBER: _ClassVar[int]
     function: str
     revision: int
     request_id: str
     payload: bytes
     attempt: int
-    def __init__(self, function: _Optional[str] = ..., revision: _Optional[int] = ..., request_id: _Optional[str] = ..., payload: _Optional[bytes] = ..., attempt: _Optional[int] = ...) -> None: ...
+    omit_logs: bool
+    def __init__(self, function: _Optional[str] = ..., revision: _Optional[int] = ..., request_id: _Optional[str] = ..., payload: _Optional[bytes] = ..., attempt: _Optional[int] = ..., omit_logs: _Optional[bool] = ...) -> None: ...
 
 class InvokeResponse(_message.Message):
     __slots__ = ("outcome", "payload", "error_type", "error_message", "stack_trace", "logs", "duration_ms", "init_duration_ms", "cold_start", "max_memory_used_mb", "invoker_id")

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from invoker.pool import WorkerPool
 from invoker.sandboxes import ZygoteSandbox, probe
@@ -28,6 +29,11 @@ PYTHON = os.path.realpath(sys.executable)
 #: /tmp size of test workers, MB: small, so filling it is quick.
 TEST_TMP_MB = 32
 _scopes = itertools.count()
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
+    """The invoker runs on uvloop (``lamina.cli.servers.run_fast``): so do its tests."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 def make_sandbox(isolation: str) -> ZygoteSandbox:

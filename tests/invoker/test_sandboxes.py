@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -23,6 +25,8 @@ from invoker.sandboxes.probe import (
     HostLayers,
     probe_host,
 )
+from invoker.sandboxes.slots import ZYGOTE_ALLOWANCE_MB
+from invoker.zygote import ENCLOSURE_KEYS, MESSAGE_MAX, ZYGOTE_SCRIPT, ZygoteError, spawn_message
 from lamina.core.errors import InvalidSpec, Unavailable
 from tests.conftest import service_missing
 from tests.invoker.conftest import make_sandbox
@@ -204,3 +208,43 @@ async def test_a_cancelled_zygote_fork_never_hands_its_zygote_to_the_next_caller
             await process.wait()  # and it ends with its control socket
     finally:
         await box.close()
+
+
+@pytest.mark.cgroup
+async def test_a_spare_slot_waits_with_the_limits_of_the_last_worker_size() -> None:
+    box = make_sandbox("strict")
+    try:
+        await box.prewarm(sys.executable)
+        before = set(box.slots())
+        slot = await box.acquire(sys.executable)
+        assert slot.cgroups is not None
+        name = "memory.limit_in_bytes" if slot.cgroups._v == 1 else "memory.max"
+        slot.preset(512)
+        box.sizes[sys.executable] = 512
+        await asyncio.sleep(0.5)  # the spare taken is replaced in the background
+        new = [s for s in box.slots() if s not in before]
+        assert new
+        for spare in new:  # set up for 512 MB workers before any spawn
+            assert spare.cgroups is not None
+            limit = int((spare.cgroups.memory_dir / name).read_text())
+            assert limit == (512 + ZYGOTE_ALLOWANCE_MB) * 1024 * 1024
+        await box.release(slot)
+    finally:
+        await box.close()
+
+
+def test_the_spawn_message_carries_what_the_zygote_matches_and_the_plan_as_is() -> None:
+    plan = {"uid": 1, "gid": 1, "seccomp": True, "code_dir": "/code", "environment": {"A": "b" * 100},
+            "rlimits": {"NOFILE": 1024}, "tmp_mb": 64}
+    head, newline, body = spawn_message(plan).partition(b"\n")
+    assert newline and json.loads(body) == plan
+    header = json.loads(head)
+    assert header["type"] == "spawn" and header["code_dir"] == "/code"
+    assert header["enclosure"] == {key: plan.get(key) for key in ENCLOSURE_KEYS}
+    # The zygote's own constants are the same (it is a standalone script: it cannot import them).
+    script = {node.targets[0].id: node.value for node in ast.parse(ZYGOTE_SCRIPT.read_text()).body
+              if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)}
+    assert ast.literal_eval(script["ENCLOSURE_KEYS"]) == ENCLOSURE_KEYS
+    assert eval(compile(ast.Expression(script["MESSAGE_MAX"]), "zygote", "eval")) == MESSAGE_MAX
+    with pytest.raises(ZygoteError, match="over the zygote"):
+        spawn_message({**plan, "environment": {"A": "x" * MESSAGE_MAX}})

@@ -8,7 +8,8 @@ by path under private names, so nothing of the platform is importable by user co
 
 Control messages are JSON datagrams on a SOCK_SEQPACKET socket:
 
-    invoker → zygote  {"type": "spawn", "plan": {...}} + SCM_RIGHTS [channel, stdout, stderr]
+    invoker → zygote  {"type": "spawn", "enclosure": {...}, "code_dir"} \n {plan}
+                          + SCM_RIGHTS [channel, stdout, stderr]
                       {"type": "show", "code_dir"} | {"type": "hide"}   (tier A stem cells)
     zygote → invoker  {"type": "ready", "pid", "spare"} once
                       {"type": "spawned", "pid", "spare"} | {"type": "spawn_error", "message"}
@@ -78,6 +79,9 @@ _enclosure = None
 ENCLOSURE_KEYS = ("namespaces", "network", "tmp_mb", "rlimits", "uid", "gid", "landlock", "seccomp", "allow_inet")
 #: Exit status of a spare that could not enclose itself: the zygote stops enclosing ahead.
 _ENCLOSE_FAILED = 72
+#: Largest control message (a plan: the function's environment is at most 4 KB). A buffer of
+#: 1 MB was an mmap, a page fault and an mremap on every receive.
+MESSAGE_MAX = 64 * 1024
 
 
 def _enclose(plan):
@@ -178,9 +182,11 @@ def _waiting(sock, enclosure):
             traceback.print_exc()
             os._exit(_ENCLOSE_FAILED)
     try:
-        raw, fds, _, _ = socket.recv_fds(sock, 1 << 20, 8)
+        raw, fds, flags, _ = socket.recv_fds(sock, MESSAGE_MAX, 8)
     except BaseException:  # noqa: BLE001
         os._exit(71)
+    if flags & socket.MSG_TRUNC:
+        os._exit(71)  # the zygote checked the plan's size: a cut one is nothing to run
     if not raw:
         os._exit(0)
     sock.close()
@@ -292,37 +298,58 @@ def _fits(plan):
     return _enclosure is not None and all(plan.get(key) == _enclosure.get(key) for key in ENCLOSURE_KEYS)
 
 
-def _spawn(ctl, plan, fds, spare, spare_sock):
-    """Hand ``plan`` and ``fds`` to the spare when it fits, else to a freshly forked child;
-    return (worker pid or 0, whether the spare was used)."""
-    raw = json.dumps(plan).encode()
-    enclosed = _fits(plan)
+def _spawn(ctl, head, raw, fds, spare, spare_sock, announce=None):
+    """Hand the plan ``raw`` (its ``head``: enclosure keys and code) and ``fds`` to the
+    spare when it fits, else to a freshly forked child; return (worker pid or 0, whether the
+    spare was used, whether ``announce`` was called).
+
+    ``announce(pid)``, when given, is called just before the spare gets its plan: the child
+    may take this CPU from then on (it is woken), and the invoker must not wait for its pid
+    behind the child's whole start. If the spare is gone by then (a race of microseconds,
+    after the liveness check in :func:`serve`), the invoker hears of its exit instead."""
+    enclosed = _fits(head["enclosure"])
     used = bool(spare) and (enclosed or _enclosure is None)
+    announced = False
     if used:
         pid, sock = spare, spare_sock
     else:  # not enclosed ahead of need in what this plan asks (egress none, say)
         pid, sock = _prefork(ctl, _enclosure if enclosed else None)
     try:
-        if enclosed and plan.get("code_dir"):
-            failure = _show_or_hide({"type": "show", "code_dir": plan["code_dir"]})["error"]
+        if enclosed and head.get("code_dir"):
+            failure = _show_or_hide({"type": "show", "code_dir": head["code_dir"]})["error"]
             if failure:
                 raise OSError(0, f"cannot show the code: {failure}")
+        if used and announce is not None:
+            announce(pid)
+            announced = True
         try:
             socket.send_fds(sock, [raw], fds)
         except OSError:
+            if announced:
+                raise
             # The child died before we reaped it (killed with a worker's leftovers, say):
             # one fresh child, not a failed invocation.
             sock.close()
             pid, sock = _prefork(ctl, _enclosure if enclosed else None)
             socket.send_fds(sock, [raw], fds)
     except OSError as exc:
-        _send(ctl, {"type": "spawn_error", "message": f"cannot start the worker: {exc}"})
-        pid = 0
+        if not announced:
+            _send(ctl, {"type": "spawn_error", "message": f"cannot start the worker: {exc}"})
+            pid = 0
     finally:
         sock.close()
         for fd in fds:
             os.close(fd)
-    return pid, used
+    return pid, used, announced
+
+
+def _gone(pid):
+    """Whether child ``pid`` has ended (reaping it; the exit status, or None)."""
+    try:
+        done, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return 0
+    return status if done == pid else None
 
 
 def _wait_for_start(ctl):
@@ -386,18 +413,39 @@ def serve(ctl, config):
                     _send(ctl, {"type": "spare", "spare": spare})
         if ctl in readable:
             try:
-                raw, fds, _, _ = socket.recv_fds(ctl, 1 << 20, 8)
+                raw, fds, flags, _ = socket.recv_fds(ctl, MESSAGE_MAX, 8)
             except OSError:  # the invoker is gone
-                raw, fds = b"", []
+                raw, fds, flags = b"", [], 0
             if not raw:
                 _kill_all((*workers, *([spare] if spare else [])))
                 return 0
-            message = json.loads(raw)
+            if flags & socket.MSG_TRUNC:
+                for fd in fds:
+                    os.close(fd)
+                _send(ctl, {"type": "spawn_error", "message": f"plan over {MESSAGE_MAX} bytes"})
+                continue
+            # A spawn is a JSON line for the zygote and the plan for the child (kept as bytes).
+            head, _, raw = raw.partition(b"\n")
+            message = json.loads(head)
             if message.get("type") in ("show", "hide"):
                 _send(ctl, _show_or_hide(message))
                 continue
             if message.get("type") == "spawn":
-                pid, used = _spawn(ctl, message["plan"], fds, spare, spare_sock)
+                if spare:
+                    status = _gone(spare)
+                    if status is not None:  # killed with a worker's leftovers since: fork afresh
+                        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == _ENCLOSE_FAILED:
+                            _enclosure = None
+                        spare_sock.close()
+                        spare, spare_sock = 0, None
+                # Tier A forks the next spare later (below), so the pid is all there is to
+                # tell, and it is told before the child is woken; tier C says it with the
+                # new spare's pid, which it forks at once.
+                announce = None
+                if _template is not None:
+                    def announce(pid):
+                        _send(ctl, {"type": "spawned", "pid": pid, "spare": 0})
+                pid, used, announced = _spawn(ctl, message, raw, fds, spare, spare_sock, announce)
                 if used or not spare:
                     # The next child is forked when this one had time to confine itself
                     # and answer (on a 2-CPU host the fork would compete with it); at once
@@ -407,7 +455,9 @@ def serve(ctl, config):
                         due = time.monotonic() + PREFORK_DELAY_S
                     else:
                         spare, spare_sock = _prefork(ctl, _enclosure)
-                if pid:
+                if announced:
+                    workers.add(pid)
+                elif pid:
                     workers.add(pid)
                     _send(ctl, {"type": "spawned", "pid": pid, "spare": spare})
                 else:
@@ -439,7 +489,7 @@ def master(ctl):
     signal.signal(signal.SIGCHLD, reap)
     while True:
         try:
-            raw, fds, _, _ = socket.recv_fds(ctl, 1 << 20, 4)
+            raw, fds, _, _ = socket.recv_fds(ctl, MESSAGE_MAX, 4)
         except OSError:
             raw, fds = b"", []
         if not raw:
