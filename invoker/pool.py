@@ -188,6 +188,12 @@ class WorkerPool:
         """Live workers, idle, busy or starting."""
         return sum(self._live.values())
 
+    def warm_spec(self, function: str, revision: int) -> WorkerSpec | None:
+        """The spec of an idle worker of ``function`` at ``revision``, if there is one: a warm
+        call needs nothing else (its code is already in the worker's sandbox)."""
+        idle = self._idle.get((function, revision))
+        return idle[-1].spec if idle else None
+
     def idle_workers(self, function: str | None = None) -> list[Worker]:
         return [w for (name, _), ws in self._idle.items() if function in (None, name) for w in ws]
 

@@ -84,6 +84,9 @@ class InvokerServicer(pb_grpc.InvokerServicer):
 
     async def _run(self, fn: Function, request_id: str, payload: bytes, attempt: int,
                    answers: Answers) -> InvocationResult:
+        spec = self._pool.warm_spec(fn.name, fn.revision)
+        if spec is not None:  # warm: no runtime lookup, code-cache check or new spec
+            return await self._pool.invoke(spec, request_id, payload, attempt, answers)
         runtime = fn.spec.runtime
         if runtime in self._interpreters:
             interpreter = self._interpreters.find(runtime)
