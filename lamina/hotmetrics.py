@@ -15,11 +15,14 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
+
+C = TypeVar("C")
 
 
 class CounterChild:
@@ -52,14 +55,26 @@ class HistogramChild:
         self.sum += amount
 
 
-class _Family(Collector):
+class _Family(Collector, Generic[C]):
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str],
                  registry: CollectorRegistry | None) -> None:
         self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], C] = {}
         if registry is not None:
             registry.register(self)
+
+    def labels(self, *values: str) -> C:
+        """The series of ``values`` (made on first use)."""
+        child = self._children.get(values)
+        if child is None:
+            self._check(values)
+            child = self._children[values] = self._new_child()
+        return child
+
+    def _new_child(self) -> C:
+        raise NotImplementedError
 
     def _check(self, values: tuple[str, ...]) -> None:
         if len(values) != len(self.labelnames):
@@ -72,20 +87,15 @@ class _Family(Collector):
         return list(self.collect())[:1]
 
 
-class Counter(_Family):
+class Counter(_Family[CounterChild]):
     """``<name>_total`` by ``labelnames``; ``name`` without the ``_total`` suffix."""
 
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (),
                  registry: CollectorRegistry | None = None) -> None:
-        self._children: dict[tuple[str, ...], CounterChild] = {}
         super().__init__(name, documentation, labelnames, registry)
 
-    def labels(self, *values: str) -> CounterChild:
-        child = self._children.get(values)
-        if child is None:
-            self._check(values)
-            child = self._children[values] = CounterChild()
-        return child
+    def _new_child(self) -> CounterChild:
+        return CounterChild()
 
     def inc(self, amount: float = 1.0) -> None:
         """Increment the one series of a counter without labels."""
@@ -98,7 +108,7 @@ class Counter(_Family):
         yield family
 
 
-class Gauge(_Family):
+class Gauge(_Family[None]):
     """A gauge without labels, moved up and down from the event loop."""
 
     def __init__(self, name: str, documentation: str, registry: CollectorRegistry | None = None) -> None:
@@ -118,7 +128,7 @@ class Gauge(_Family):
         yield GaugeMetricFamily(self.name, self.documentation, value=self.value)
 
 
-class Histogram(_Family):
+class Histogram(_Family[HistogramChild]):
     """``<name>_bucket``/``_count``/``_sum`` by ``labelnames``, with the upper bounds
     ``buckets`` (+Inf is added)."""
 
@@ -128,15 +138,10 @@ class Histogram(_Family):
         if not bounds or bounds[-1] != float("inf"):
             bounds.append(float("inf"))
         self._bounds = tuple(bounds)
-        self._children: dict[tuple[str, ...], HistogramChild] = {}
         super().__init__(name, documentation, labelnames, registry)
 
-    def labels(self, *values: str) -> HistogramChild:
-        child = self._children.get(values)
-        if child is None:
-            self._check(values)
-            child = self._children[values] = HistogramChild(self._bounds)
-        return child
+    def _new_child(self) -> HistogramChild:
+        return HistogramChild(self._bounds)
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
