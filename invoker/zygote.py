@@ -290,11 +290,13 @@ class Zygote:
         """Send the zygote a worker to start, confined by ``plan``, with ``fds`` (channel,
         stdout, stderr) — they may be closed once this returns. The future gives the
         worker's pid (in the invoker's PID namespace) or raises ``ZygoteError``; the worker
-        is already confining itself meanwhile. Raises ``ZygoteError`` when the zygote is gone."""
+        is already confining itself meanwhile. Raises ``ZygoteError`` when the zygote is gone
+        or the plan is over its ``MESSAGE_MAX``."""
+        message = spawn_message(plan)
         loop = asyncio.get_running_loop()
         self._spawned = loop.create_future()
         try:
-            socket.send_fds(self._control, [spawn_message(plan)], list(fds))
+            socket.send_fds(self._control, [message], list(fds))
         except OSError as exc:
             raise ZygoteError(exc.errno or 0, f"zygote {self.pid} is gone: {exc}") from exc
         self._spawned.add_done_callback(

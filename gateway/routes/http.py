@@ -26,8 +26,8 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from gateway import events, responses
-from gateway.routes.invoke import run
-from lamina.core.errors import CallerGone, LaminaError, LimitExceeded, Unauthenticated
+from gateway.routes.invoke import receive_body, run
+from lamina.core.errors import LaminaError, Unauthenticated
 from lamina.core.invocations import InvocationResult, Outcome
 
 #: The route label of every function URL in the request metrics.
@@ -93,32 +93,6 @@ class _FunctionURL:
 
 
 function_url = _FunctionURL()
-
-
-async def receive_body(raw_headers: list[tuple[bytes, bytes]], receive: Receive, limit: int) -> bytes:
-    """The request body from ASGI ``receive``, refused with ``LimitExceeded`` (413) past
-    ``limit`` bytes: up front from Content-Length, and while reading a chunked body.
-    ``CallerGone`` when the client disconnects before it was all read."""
-    for key, value in raw_headers:
-        if key == b"content-length":
-            if value.isdigit() and int(value) > limit:
-                raise LimitExceeded(f"request body of {int(value)} bytes is over the limit of {limit} bytes")
-            break
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            raise CallerGone("the caller disconnected while sending the request body")
-        chunk = message.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > limit:
-                raise LimitExceeded(f"request body is over the limit of {limit} bytes")
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def http_event_payload(scope: Scope, name: str, request_id: str, body: bytes) -> bytes:

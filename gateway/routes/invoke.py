@@ -28,19 +28,34 @@ router = APIRouter(tags=["invocations"])
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with ``LimitExceeded`` (413) past ``limit`` bytes: up front
-    from Content-Length, and while reading a chunked body."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise LimitExceeded(f"request body of {int(length)} bytes is over the limit of {limit} bytes")
+    """:func:`receive_body` of ``request``."""
+    return await receive_body(request.scope["headers"], request.receive, limit)
+
+
+async def receive_body(raw_headers: list[tuple[bytes, bytes]], receive: Receive, limit: int) -> bytes:
+    """The request body from ASGI ``receive``, refused with ``LimitExceeded`` (413) past
+    ``limit`` bytes: up front from Content-Length, and while reading a chunked body.
+    ``CallerGone`` when the client disconnects before it was all read."""
+    for key, value in raw_headers:
+        if key == b"content-length":
+            if value.isdigit() and int(value) > limit:
+                raise LimitExceeded(f"request body of {int(value)} bytes is over the limit of {limit} bytes")
+            break
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise LimitExceeded(f"request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise CallerGone("the caller disconnected while sending the request body")
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise LimitExceeded(f"request body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def resolve(request: Request, name: str) -> Function:
