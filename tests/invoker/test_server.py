@@ -18,6 +18,7 @@ from invoker.runtimes import Interpreters
 from invoker.server import InvokerServer
 from lamina import wire
 from lamina.controller_client import ControllerClient
+from lamina.core.errors import Unavailable
 from lamina.core.functions import FunctionSpec
 from lamina.core.settings import ControllerSettings, InvokerSettings
 from lamina.rpc import invoker_pb2 as pb
@@ -179,7 +180,12 @@ async def test_reregisters_when_the_controller_forgets_it(tmp_path: Path) -> Non
         client = ControllerClient(f"127.0.0.1:{port}")
         try:
             async def listed() -> bool:
-                return [i.invoker_id for i in await client.list_invokers()] == ["inv-2"]
+                # Until its first connection succeeds, this client may share the process's gRPC
+                # subchannel with the invoker's, still backing off from the first controller.
+                try:
+                    return [i.invoker_id for i in await client.list_invokers()] == ["inv-2"]
+                except Unavailable:
+                    return False
             assert await _eventually(listed, timeout=20)
         finally:
             await client.close()
