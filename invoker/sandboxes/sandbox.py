@@ -13,6 +13,7 @@ import asyncio
 import collections
 import contextlib
 import fcntl
+import glob
 import json
 import logging
 import os
@@ -54,6 +55,8 @@ STEM_CELL_READY_S = 10.0
 UID_RANGES = 800
 #: Seconds after a spare slot was taken before a new one starts.
 REPLENISH_DELAY_S = 0.05
+#: In a sandbox's working directory: its full scope (the directory's name has 40 characters of it).
+SCOPE_FILE = ".scope"
 _FRAME = struct.Struct(">II")
 
 
@@ -110,8 +113,10 @@ class ZygoteSandbox:
         self.drop_uid = tier != "C" and host.has(probe.UID)
         self._uid_lease: int | None = None
         self.uid_base = UID_BASE
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"lamina-{scope[:40]}-"))
+        _remove_stale_workdirs(scope)
+        self.workdir = Path(tempfile.mkdtemp(prefix=_workdir_prefix(scope)))
         os.chmod(self.workdir, 0o711)
+        (self.workdir / SCOPE_FILE).write_text(scope)
         self._spares: dict[str, list[ZygoteSlot]] = {}
         #: The memory size (MB) of the last worker started per interpreter: spare slots are
         #: given its limits ahead of need (``ZygoteSlot.preset``).
@@ -421,7 +426,7 @@ class ZygoteSandbox:
         for parent in (self.tree.parent, self.tree.pids_parent) if self.tree is not None else ():
             if parent is not None:
                 found += [f"cgroup {p}" for p in parent.iterdir() if p.is_dir() and p.name not in names]
-        found += [f"directory {p}" for p in self.workdir.iterdir() if p.name not in names]
+        found += [f"directory {p}" for p in self.workdir.iterdir() if p.name not in names | {SCOPE_FILE}]
         return found
 
     async def close(self) -> None:
@@ -462,9 +467,27 @@ class ZygoteSandbox:
 
 def clear_scope(scope: str) -> None:
     """Remove from the host what an invoker with sandbox ``scope`` left when it could not
-    (killed with SIGKILL): its cgroups, killing what still runs in them, and its egress
-    table. Its next start does the same; this is for a scope that will not start again.
-    Never raises."""
+    (killed with SIGKILL): its cgroups, killing what still runs in them, its egress table
+    and its working directory. Its next start does the same; this is for a scope that will
+    not start again. Never raises."""
     with contextlib.suppress(OSError):
         cgroup.CgroupTree.create(f"lamina-{scope}").close()
     NftFilter(NftFilter.table_name(scope)).close()
+    _remove_stale_workdirs(scope)
+
+
+def _workdir_prefix(scope: str) -> str:
+    return f"lamina-{scope[:40]}-"
+
+
+def _remove_stale_workdirs(scope: str) -> None:
+    """Remove the working directories an invoker of ``scope`` left (killed before its clean
+    stop): named after the scope's first 40 characters, so the full scope is checked in
+    their ``SCOPE_FILE``. Never raises."""
+    for path in Path(tempfile.gettempdir()).glob(glob.escape(_workdir_prefix(scope)) + "*"):
+        try:
+            stale = (path / SCOPE_FILE).read_text() == scope
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(path, ignore_errors=True)

@@ -8,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +27,7 @@ from invoker.sandboxes.probe import (
     HostLayers,
     probe_host,
 )
+from invoker.sandboxes.sandbox import SCOPE_FILE, clear_scope
 from invoker.sandboxes.slots import ZYGOTE_ALLOWANCE_MB
 from invoker.zygote import ENCLOSURE_KEYS, MESSAGE_MAX, ZYGOTE_SCRIPT, ZygoteError, spawn_message
 from lamina.core.errors import InvalidSpec, Unavailable
@@ -136,6 +139,33 @@ def test_a_crashed_invokers_leftover_cgroups_are_cleared() -> None:
     finally:
         second.close()
     assert not second.parent.exists()
+
+
+async def test_a_killed_invokers_working_directory_goes_with_its_scope_and_only_its_own() -> None:
+    # Two scopes alike in the 40 characters a working directory's name keeps of them.
+    base = f"lamina-test-{os.getpid()}-" + "x" * 40
+    killed, other = base + "-killed", base + "-other"
+
+    def left_by(scope: str) -> Path:
+        """A working directory as an invoker of ``scope`` killed with SIGKILL leaves it."""
+        workdir = Path(tempfile.mkdtemp(prefix=f"lamina-{scope[:40]}-"))
+        (workdir / SCOPE_FILE).write_text(scope)
+        (workdir / "slot-0" / "root").mkdir(parents=True)
+        return workdir
+
+    alive = probe("process", scope=other)
+    try:
+        stale = left_by(killed)
+        restarted = probe("process", scope=killed)  # its next start removes it
+        try:
+            assert not stale.exists() and restarted.workdir.exists() and alive.workdir.exists()
+        finally:
+            await restarted.close()
+        stale = left_by(killed)
+        clear_scope(killed)  # for a scope that will not start again
+        assert not stale.exists() and alive.workdir.exists()
+    finally:
+        await alive.close()
 
 
 async def test_zygotes_start_once_and_cold_starts_fork_from_them() -> None:
