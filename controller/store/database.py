@@ -13,7 +13,7 @@ and lock timeouts of either backend become :class:`~lamina.core.errors.Unavailab
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -71,6 +71,36 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
 def _sqlite_begin(conn: Connection) -> None:
     mode = conn.get_execution_options().get(_BEGIN_MODE, "DEFERRED")
     conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+class BulkInsert:
+    """An ``INSERT`` of many rows at once, compiled once for the database's dialect and
+    handed to the driver's ``executemany`` as plain tuples.
+
+    For the append-only tables written on every invocation (records, logs): SQLAlchemy's
+    ``conn.execute(insert, rows)`` builds and processes the parameters of each row (half of
+    the ~30 µs per record row on SQLite here); the driver takes these columns' Python values
+    (str, int, float, bool) as they are, so nothing is lost by skipping it."""
+
+    def __init__(self, db: Database, statement: sa.Insert, columns: Sequence[str]) -> None:
+        compiled = statement.compile(dialect=db.engine.dialect, column_keys=list(columns))
+        self.sql = str(compiled)
+        self.columns = tuple(columns)
+        order = compiled.positiontup if compiled.positional else None
+        #: Where each parameter of the SQL takes its value in a row given in ``columns``
+        #: order; None: the driver takes named parameters.
+        self._order = None if order is None else tuple(self.columns.index(name) for name in order)
+
+    def execute(self, conn: Connection, rows: Sequence[tuple[object, ...]]) -> None:
+        """Insert ``rows`` (values in ``columns`` order) in ``conn``'s transaction."""
+        if self._order is None:
+            params: list[Any] = [dict(zip(self.columns, row)) for row in rows]
+        elif self._order == tuple(range(len(self.columns))):
+            params = list(rows)
+        else:
+            order = self._order
+            params = [tuple(row[i] for i in order) for row in rows]
+        conn.exec_driver_sql(self.sql, params)
 
 
 class Database:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 from controller.store.abc import DEFAULT_LOG_LIMIT, MAX_LOG_LIMIT
-from controller.store.database import Database
+from controller.store.database import BulkInsert, Database
 from controller.store.schema import log_records
 from lamina.core.errors import InvalidSpec
 from lamina.core.logs import LogRecord
@@ -20,17 +20,14 @@ class SQLLogStore:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._insert = BulkInsert(db, sa.insert(log_records).inline(), ("function", "request_id", "ts", "stream", "message"))
 
     def put_logs(self, records: Sequence[LogRecord]) -> None:
         if not records:
             return
-        rows = [
-            {"function": r.function, "request_id": r.request_id, "ts": r.timestamp, "stream": r.stream,
-             "message": r.message}
-            for r in records
-        ]
+        rows = [(r.function, r.request_id, r.timestamp, r.stream, r.message) for r in records]
         with self._db.write() as conn:
-            conn.execute(sa.insert(log_records), rows)
+            self._insert.execute(conn, rows)
 
     def query_logs(self, function: str, request_id: str = "", after_id: int = 0, limit: int = 0) -> list[LogRecord]:
         if limit < 0:

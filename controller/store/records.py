@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from controller.store.abc import DEFAULT_RECORD_LIMIT, MAX_RECORD_LIMIT
-from controller.store.database import Database
+from controller.store.database import BulkInsert, Database
 from controller.store.schema import invocation_records
 from lamina.core.errors import InvalidSpec
 from lamina.core.invocations import Outcome
@@ -29,23 +29,24 @@ class SQLRecordStore:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        # A native insert-or-ignore on the (request_id, started_at) unique index: a batch
+        # resent after a lost answer stores nothing twice, and never fails half-way.
+        insert = (postgresql.insert if db.dialect == "postgresql" else sqlite.insert)(invocation_records)
+        self._insert = BulkInsert(db, insert.on_conflict_do_nothing(index_elements=[R.request_id, R.started_at]).inline(), (
+            "request_id", "function", "revision", "version", "invoker_id", "started_at", "duration_ms", "billed_ms",
+            "memory_mb", "max_memory_used_mb", "init_duration_ms", "cold_start", "outcome", "error_type"))
 
     def put_records(self, records: Sequence[InvocationRecord]) -> None:
         if not records:
             return
         rows = [
-            {"request_id": r.request_id, "function": r.function, "revision": r.revision, "version": r.version,
-             "invoker_id": r.invoker_id, "started_at": r.start, "duration_ms": r.duration_ms,
-             "billed_ms": r.billed_ms, "memory_mb": r.memory_mb, "max_memory_used_mb": r.max_memory_used_mb,
-             "init_duration_ms": r.init_duration_ms, "cold_start": r.cold_start, "outcome": r.outcome.value,
-             "error_type": r.error_type[:ERROR_TYPE_CHARS]}
+            (r.request_id, r.function, r.revision, r.version, r.invoker_id, r.start, r.duration_ms, r.billed_ms,
+             r.memory_mb, r.max_memory_used_mb, r.init_duration_ms, r.cold_start, r.outcome.value,
+             r.error_type[:ERROR_TYPE_CHARS])
             for r in records
         ]
-        # A native insert-or-ignore on the (request_id, started_at) unique index: a batch
-        # resent after a lost answer stores nothing twice, and never fails half-way.
-        insert = (postgresql.insert if self._db.dialect == "postgresql" else sqlite.insert)(invocation_records)
         with self._db.write() as conn:
-            conn.execute(insert.on_conflict_do_nothing(index_elements=[R.request_id, R.started_at]), rows)
+            self._insert.execute(conn, rows)
 
     def query_usage(self, since: float = 0.0, until: float = 0.0, function: str = "") -> list[FunctionUsage]:
         if since < 0 or until < 0:
