@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from invoker.pool import WorkerPool
 from invoker.sandboxes import choose_tier, probe
 from invoker.sandboxes.cgroup import CgroupTree
 from invoker.sandboxes.probe import (
@@ -31,8 +32,9 @@ from invoker.sandboxes.sandbox import SCOPE_FILE, clear_scope
 from invoker.sandboxes.slots import ZYGOTE_ALLOWANCE_MB
 from invoker.zygote import ENCLOSURE_KEYS, MESSAGE_MAX, ZYGOTE_SCRIPT, ZygoteError, spawn_message
 from lamina.core.errors import InvalidSpec, Unavailable
+from lamina.core.invocations import Outcome
 from tests.conftest import service_missing
-from tests.invoker.conftest import make_sandbox
+from tests.invoker.conftest import make_sandbox, spec_for, write_code
 
 EVERYTHING = HostLayers(landlock_abi=7, cgroup_version=1)
 
@@ -278,3 +280,31 @@ def test_the_spawn_message_carries_what_the_zygote_matches_and_the_plan_as_is() 
     assert eval(compile(ast.Expression(script["MESSAGE_MAX"]), "zygote", "eval")) == MESSAGE_MAX
     with pytest.raises(ZygoteError, match="over the zygote"):
         spawn_message({**plan, "environment": {"A": "x" * MESSAGE_MAX}})
+
+
+SCHEDULING_APP = """
+    import os
+
+    def handler(event, context):
+        pid = os.fork()  # what the function starts inherits the policy too
+        if pid == 0:
+            os._exit(os.sched_getscheduler(0))
+        _, status = os.waitpid(pid, 0)
+        return {"worker": os.sched_getscheduler(0), "child": os.waitstatus_to_exitcode(status)}
+"""
+
+
+@pytest.mark.parametrize("isolation", ["process", pytest.param("strict", marks=pytest.mark.cgroup)])
+async def test_workers_run_sched_batch_and_never_preempt_the_invoker_that_wakes_them(
+        isolation: str, tmp_path: Path) -> None:
+    box = make_sandbox(isolation)
+    pool = WorkerPool(box, log_sink=lambda record: None, invoker_id="sched-test")
+    try:
+        spec = spec_for(write_code(tmp_path / "code", {"app.py": SCHEDULING_APP}))
+        result = await pool.invoke(spec, "r", b"{}")
+        assert result.outcome is Outcome.SUCCESS, result
+        assert json.loads(result.payload) == {"worker": os.SCHED_BATCH, "child": os.SCHED_BATCH}
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the invoker keeps the default policy
+    finally:
+        await pool.stop_all()
+        await box.close()
