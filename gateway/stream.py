@@ -75,8 +75,7 @@ class InvokeStreamClient(asyncio.Protocol):
         tag = next(self._tags)
         future: asyncio.Future[pb.InvokeStreamFrame] = self._loop.create_future()
         self._pending[tag] = future
-        cast(Coalescer, self._out).write(encode(pb.InvokeStreamFrame(tag=tag, request=request)), tag,
-                                         alone=len(self._pending) == 1)
+        cast(Coalescer, self._out).write(encode(pb.InvokeStreamFrame(tag=tag, request=request)), tag)
         timer = self._loop.call_later(timeout, _expire, future)
         try:
             return await future

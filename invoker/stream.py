@@ -115,7 +115,7 @@ class _Connection(asyncio.Protocol):
     def _reply(self, frame: pb.InvokeStreamFrame) -> None:
         transport = self._transport
         if transport is not None and not transport.is_closing():
-            cast(Coalescer, self._out).write(encode(frame), alone=len(self._stream.tasks) <= 1)
+            cast(Coalescer, self._out).write(encode(frame))
 
     def _protocol_error(self, why: str) -> None:
         # Framing is lost: nothing after this point can be trusted, so drop the connection

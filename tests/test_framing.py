@@ -1,5 +1,4 @@
-"""The invocation stream's framing: frames written in one turn of the loop leave together
-at its end, a frame alone at once."""
+"""The invocation stream's framing: frames written in one turn of the loop leave together."""
 
 from __future__ import annotations
 
@@ -34,31 +33,18 @@ def test_frames_of_one_turn_leave_in_one_write_in_order() -> None:
         for tag in (1, 2, 3):
             out.write(_frame(tag), tag)
         assert transport.writes == [] and out.unsent() == [1, 2, 3]
-        await asyncio.sleep(0)  # the turn ends
-        assert out.unsent() == []
+        await asyncio.sleep(0)
         out.write(_frame(4), 4)
         await asyncio.sleep(0)
+        assert out.unsent() == []
         return transport
 
     writes = asyncio.run(main()).writes
-    assert writes == [_frame(1) + _frame(2) + _frame(3), _frame(4)]
-    frames, consumed, error = split_frames(bytearray(writes[0]))
-    assert (error, consumed, [f.tag for f in frames]) == ("", len(writes[0]), [1, 2, 3])
-
-
-def test_a_frame_alone_leaves_at_once_unless_others_wait() -> None:
-    async def main() -> Recorder:
-        transport = Recorder()
-        out = Coalescer(transport)  # type: ignore[arg-type]
-        out.write(_frame(1), 1, alone=True)
-        assert transport.writes == [_frame(1)] and out.unsent() == []
-        out.write(_frame(2), 2)
-        out.write(_frame(3), 3, alone=True)  # 2 waits: 3 waits behind it, in order
-        assert transport.writes == [_frame(1)] and out.unsent() == [2, 3]
-        await asyncio.sleep(0)
-        return transport
-
-    assert asyncio.run(main()).writes == [_frame(1), _frame(2) + _frame(3)]
+    assert len(writes) == 2
+    frames, consumed, error = split_frames(bytearray(b"".join(writes)))
+    assert (error, consumed) == ("", sum(map(len, writes)))
+    assert [f.tag for f in frames] == [1, 2, 3, 4]
+    assert writes[1] == _frame(4)
 
 
 def test_nothing_is_written_to_a_closing_transport_and_its_frames_stay_unsent() -> None:
@@ -68,16 +54,15 @@ def test_nothing_is_written_to_a_closing_transport_and_its_frames_stay_unsent() 
         out.write(_frame(5), 5)
         out.write(b"untagged")
         transport.closing = True
-        out.write(_frame(6), 6, alone=True)
         await asyncio.sleep(0)
         return transport, out.unsent()
 
     transport, unsent = asyncio.run(main())
     assert transport.writes == []
-    assert unsent == [5, 6]
+    assert unsent == [5]
 
 
-def test_flush_writes_what_waits_at_once() -> None:
+def test_flush_writes_at_once() -> None:
     async def main() -> Recorder:
         transport = Recorder()
         out = Coalescer(transport)  # type: ignore[arg-type]
