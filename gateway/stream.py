@@ -18,7 +18,7 @@ import itertools
 import logging
 from typing import cast
 
-from lamina.framing import Coalescer, encode, split_frames, tune
+from lamina.framing import encode, split_frames, tune
 from lamina.rpc import invoker_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,6 @@ class InvokeStreamClient(asyncio.Protocol):
         self._token = token
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
-        self._out: Coalescer | None = None
         self._buffer = bytearray()
         self._pending: dict[int, asyncio.Future[pb.InvokeStreamFrame]] = {}
         self._tags = itertools.count(1)
@@ -75,7 +74,7 @@ class InvokeStreamClient(asyncio.Protocol):
         tag = next(self._tags)
         future: asyncio.Future[pb.InvokeStreamFrame] = self._loop.create_future()
         self._pending[tag] = future
-        cast(Coalescer, self._out).write(encode(pb.InvokeStreamFrame(tag=tag, request=request)), tag)
+        transport.write(encode(pb.InvokeStreamFrame(tag=tag, request=request)))
         timer = self._loop.call_later(timeout, _expire, future)
         try:
             return await future
@@ -93,8 +92,6 @@ class InvokeStreamClient(asyncio.Protocol):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drained, grace)
         if self._transport is not None:
-            if self._out is not None:
-                self._out.flush()
             self._transport.close()
 
     # asyncio.Protocol
@@ -104,7 +101,6 @@ class InvokeStreamClient(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)
         tune(transport)
         self._transport = transport
-        self._out = Coalescer(transport)
         if self._token:
             transport.write(encode(pb.InvokeStreamFrame(hello=pb.StreamHello(token=self._token))))
 
@@ -129,11 +125,9 @@ class InvokeStreamClient(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self.lost_because = self.lost_because or (str(exc) if exc else "closed by the invoker")
-        # A request still waiting for the end of its turn was never written: another invoker may take it.
-        unsent = set(self._out.unsent()) if self._out is not None else set()
-        for tag, future in self._pending.items():
+        for future in self._pending.values():
             if not future.done():
-                future.set_exception(NotSent(self.lost_because) if tag in unsent else ConnectionLost(self.lost_because))
+                future.set_exception(ConnectionLost(self.lost_because))
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 

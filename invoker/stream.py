@@ -26,7 +26,7 @@ from invoker.service import InvokerServicer
 from lamina import wire
 from lamina.core.errors import LaminaError, Unauthenticated, Unavailable
 from lamina.core.invocations import InvocationResult
-from lamina.framing import Coalescer, encode, split_frames, tune
+from lamina.framing import encode, split_frames, tune
 from lamina.rpc import invoker_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,6 @@ class _Connection(asyncio.Protocol):
         self._stream = stream
         self._servicer = stream.servicer
         self._transport: asyncio.Transport | None = None
-        self._out: Coalescer | None = None
         self._buffer = bytearray()
         #: Whether the gateway proved it holds the cluster token (always, without one).
         self._trusted = not stream.token
@@ -52,7 +51,6 @@ class _Connection(asyncio.Protocol):
         # A cast, not an isinstance check: uvloop's TCPTransport is not an asyncio.Transport.
         transport = cast(asyncio.Transport, transport)
         self._transport = transport
-        self._out = Coalescer(transport)
         tune(transport)
         self._stream.connections.add(self)
 
@@ -115,7 +113,7 @@ class _Connection(asyncio.Protocol):
     def _reply(self, frame: pb.InvokeStreamFrame) -> None:
         transport = self._transport
         if transport is not None and not transport.is_closing():
-            cast(Coalescer, self._out).write(encode(frame))
+            transport.write(encode(frame))
 
     def _protocol_error(self, why: str) -> None:
         # Framing is lost: nothing after this point can be trusted, so drop the connection
@@ -132,7 +130,6 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         if self._transport is not None:
-            cast(Coalescer, self._out).flush()
             self._transport.close()
 
 

@@ -51,46 +51,6 @@ def split_frames(buffer: bytearray) -> tuple[list[pb.InvokeStreamFrame], int, st
     return frames, offset, ""
 
 
-class Coalescer:
-    """Frames written during one turn of the event loop leave in one ``transport.write``.
-
-    Each write to a loopback socket is a system call that usually wakes the peer; under load
-    many invocations start (or finish) in the same turn, and one write for all of them costs
-    both processes one wake-up instead of one each (at concurrency 32: −7 to −10 % CPU per
-    invocation in the gateway and the invoker). A lone frame waits for the end of the turn
-    that wrote it, a few microseconds.
-
-    A frame may carry a ``tag``: :meth:`unsent` tells which tagged frames never reached the
-    transport, for a connection lost before the turn ended (their requests were not sent)."""
-
-    __slots__ = ("_transport", "_loop", "_chunks", "_tags")
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self._transport = transport
-        self._loop = asyncio.get_running_loop()
-        self._chunks: list[bytes] = []
-        self._tags: list[int] = []
-
-    def write(self, data: bytes, tag: int = 0) -> None:
-        if not self._chunks:
-            self._loop.call_soon(self.flush)
-        self._chunks.append(data)
-        if tag:
-            self._tags.append(tag)
-
-    def flush(self) -> None:
-        """Hand what was written to the transport now (nothing, once it is closing)."""
-        chunks = self._chunks
-        if not chunks or self._transport.is_closing():
-            return
-        self._chunks, self._tags = [], []
-        self._transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
-
-    def unsent(self) -> list[int]:
-        """The tags of the frames not handed to the transport (and never to be)."""
-        return self._tags if self._chunks else []
-
-
 def tune(transport: asyncio.BaseTransport) -> None:
     """TCP_NODELAY (a frame is one small write, never worth Nagle's wait) and keep-alive (a
     peer that vanished without a FIN is noticed even on an idle connection)."""

@@ -231,30 +231,3 @@ def test_the_client_runs_on_uvloop_too() -> None:
         server.close()
 
     uvloop.run(main())
-
-
-def test_a_request_still_queued_when_the_connection_drops_was_not_sent() -> None:
-    """Requests written in one turn of the loop leave together at its end: one dropped
-    before then never reached the invoker, so it is ``NotSent`` (another invoker may take
-    it), not "may have run"."""
-    from gateway.stream import InvokeStreamClient, NotSent
-
-    received = bytearray()
-
-    class Sink(asyncio.Protocol):
-        def data_received(self, data: bytes) -> None:
-            received.extend(data)
-
-    async def main() -> None:
-        server = await asyncio.get_running_loop().create_server(Sink, "127.0.0.1", 0)
-        client = await InvokeStreamClient.connect(f"127.0.0.1:{server.sockets[0].getsockname()[1]}")
-        calls = [asyncio.create_task(client.call(pb.InvokeRequest(payload=b"%d" % i), 5)) for i in range(3)]
-        await asyncio.sleep(0)  # the calls have queued their frames; the turn has not ended
-        client._transport.abort()  # type: ignore[union-attr]
-        outcomes = await asyncio.gather(*calls, return_exceptions=True)
-        assert [type(o) for o in outcomes] == [NotSent] * 3
-        await asyncio.sleep(0.1)
-        assert received == b""
-        server.close()
-
-    asyncio.run(main())
