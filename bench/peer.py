@@ -140,7 +140,7 @@ def main() -> int:
         peer_run = sorted(runs["peer"][c], key=lambda r: r.rps)[(ROUNDS - 1) // 2]
         our_run = sorted(runs["lamina"][c], key=lambda r: r.rps)[(ROUNDS - 1) // 2]
         # Each round ran the two back to back: its ratio is the least exposed to the VM's drift.
-        paired = sorted(ours.rps / theirs.rps for theirs, ours in zip(runs["peer"][c], runs["lamina"][c]))
+        paired = sorted(ours.rps / theirs.rps for theirs, ours in zip(runs["peer"][c], runs["lamina"][c], strict=True))
         row = {"peer_serverless_offline": peer_run.as_dict(), "lamina": our_run.as_dict(),
                "rps_ratio": our_run.rps / peer_run.rps, "p50_ratio": our_run.p50_ms / peer_run.p50_ms,
                "rps_ratio_per_round": paired, "rps_ratio_paired_median": paired[(ROUNDS - 1) // 2]}
