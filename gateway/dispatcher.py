@@ -44,6 +44,7 @@ from lamina.core.errors import Conflict, LaminaError, NotFound
 from lamina.core.functions import Function
 from lamina.core.queue import Invocation, InvocationQueue, QueueStats, Report
 from lamina.core.settings import GatewaySettings
+from lamina.lifecycle import cancel_all
 
 log = logging.getLogger(__name__)
 
@@ -132,14 +133,7 @@ class Dispatcher:
                 if len(leased) < free:
                     await self._sleep(s.async_poll_interval_s)
         finally:
-            housekeeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await housekeeping
-            for task in list(self._running):
-                task.cancel()
-            for task in list(self._running):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_all([housekeeping, *self._running])
 
     async def _housekeeping(self) -> None:
         every, prune_every = stats_interval(self._settings), prune_interval(self._settings)

@@ -10,7 +10,6 @@ It binds its own socket, so port 0 works and a port in use is an ``OSError`` rai
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 
@@ -31,7 +30,7 @@ from lamina.controller_client import ControllerClient
 from lamina.core.queue import InvocationQueue
 from lamina.core.settings import GatewaySettings
 from lamina.function_cache import FunctionCache
-from lamina.lifecycle import run_until_signalled
+from lamina.lifecycle import cancel_all, run_until_signalled
 
 log = logging.getLogger(__name__)
 
@@ -180,11 +179,7 @@ class GatewayServer:
         await self._stop_background()
 
     async def _stop_background(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self._tasks)
         self._tasks = []
         if self.callbacks is not None:
             await self.callbacks.close()

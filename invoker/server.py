@@ -9,7 +9,6 @@ watch and shipping retry with backoff, and warm traffic keeps flowing meanwhile.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -34,7 +33,7 @@ from lamina.controller_client import ControllerClient
 from lamina.core.errors import InvalidSpec, LaminaError, Unavailable
 from lamina.core.settings import InvokerSettings
 from lamina.function_cache import FunctionCache
-from lamina.lifecycle import run_until_signalled
+from lamina.lifecycle import cancel_all, run_until_signalled
 from lamina.ops_http import OpsServer, Probe
 from lamina.rpc import invoker_pb2_grpc as pb_grpc
 
@@ -197,11 +196,7 @@ class InvokerServer:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self._tasks)
         self._tasks.clear()
         if self.pool is not None:
             await self.pool.stop_all()

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+log = logging.getLogger(__name__)
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 #: The cyclic collector's generation thresholds once a server runs (CPython's are 700, 10, 10).
@@ -48,3 +52,26 @@ async def run_until_signalled(start: Callable[[], Awaitable[None]], stop: Callab
         finally:
             for sig in SIGNALS:
                 loop.remove_signal_handler(sig)
+
+
+async def cancel_all(tasks: Iterable[asyncio.Task[Any]], *, again_after_s: float = 1.0) -> None:
+    """Cancel ``tasks`` and wait until every one has ended, cancelling those still running
+    again every ``again_after_s`` seconds.
+
+    A single ``cancel()`` is not always enough: before Python 3.12, ``asyncio.wait_for``
+    (which libraries use inside, nats-py's ``next_msg`` among them) swallows a cancellation
+    that arrives as the awaited future completes, and a task looping around such a call goes
+    on: a stop that awaits it once waits for good. (The likeliest cause of a gateway stop
+    that hung in CI once, 60 s after NATS had been restarted under it.) What a task raised
+    other than its cancellation is logged, not raised: the stop goes on."""
+    tasks = list(tasks)
+    pending = {task for task in tasks if not task.done()}
+    for task in pending:
+        task.cancel()
+    while pending:
+        _, pending = await asyncio.wait(pending, timeout=again_after_s)
+        for task in pending:
+            task.cancel()
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task %s failed before it was stopped", task.get_name(), exc_info=task.exception())
