@@ -61,9 +61,8 @@ async def cancel_all(tasks: Iterable[asyncio.Task[Any]], *, again_after_s: float
     A single ``cancel()`` is not always enough: before Python 3.12, ``asyncio.wait_for``
     (which libraries use inside, nats-py's ``next_msg`` among them) swallows a cancellation
     that arrives as the awaited future completes, and a task looping around such a call goes
-    on: a stop that awaits it once waits for good. (The likeliest cause of a gateway stop
-    that hung in CI once, 60 s after NATS had been restarted under it.) What a task raised
-    other than its cancellation is logged, not raised: the stop goes on."""
+    on: a stop that awaits it once waits for good. What a task raised other than its
+    cancellation is logged, not raised: the stop goes on."""
     tasks = list(tasks)
     pending = {task for task in tasks if not task.done()}
     for task in pending:
