@@ -8,7 +8,6 @@ start; ``serve`` runs one until SIGTERM or SIGINT.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import grpc.aio
@@ -25,7 +24,7 @@ from lamina import wire
 from lamina.cluster_token import TokenCheck, check_token
 from lamina.core.errors import InvalidSpec, Unavailable
 from lamina.core.settings import ControllerSettings, database_url
-from lamina.lifecycle import run_until_signalled
+from lamina.lifecycle import cancel_all, run_until_signalled
 from lamina.ops_http import OpsServer, Probe
 from lamina.rpc import controller_pb2_grpc as pb_grpc
 
@@ -143,9 +142,7 @@ class ControllerServer:
             await self._ops.stop()
             self._ops = None
         if self._scaling is not None:
-            self._scaling.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._scaling
+            await cancel_all([self._scaling])
             self._scaling = None
         if self.scaler is not None:
             await self.scaler.close()

@@ -18,6 +18,7 @@ import httpx
 
 from gateway.schemas import invocation_json
 from lamina.core.queue import Invocation
+from lamina.lifecycle import cancel_all
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,5 @@ class Callbacks:
             delay *= 2
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_all(self._tasks)
         await self._http.aclose()

@@ -60,6 +60,7 @@ from lamina.core.queue import Invocation, InvocationQueue, InvocationState, NewI
 from lamina.core.settings import GatewaySettings
 from lamina.core.triggers import Claim, Fire, FireOutcome, Missed, Overlap, Tick, Trigger, last_tick, scheduled_event
 from lamina.function_cache import FunctionCache
+from lamina.lifecycle import cancel_all
 
 log = logging.getLogger(__name__)
 
@@ -141,9 +142,7 @@ class CronScheduler:
         try:
             await self._keep_lease()
         finally:
-            syncing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await syncing
+            await cancel_all([syncing])
             self._stop("the gateway is stopping", level=logging.INFO)
             # Fires claimed but not finished stay pending: the next leader re-enqueues them.
             for task in list(self._in_flight):

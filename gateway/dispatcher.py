@@ -210,9 +210,7 @@ class Dispatcher:
             log.warning("async invocation %s: cannot record its outcome (%s); it will be redelivered", inv.id, exc)
             return
         finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+            await cancel_all([keeper])
         if final is not None and final.callback_url:
             self._callbacks.post(final)
 

@@ -51,6 +51,7 @@ from lamina.core.fleet import InvokerInfo, InvokerLoad
 from lamina.core.functions import MAX_SCALE_DEFAULT, Function
 from lamina.core.invocations import InvocationResult
 from lamina.core.ring import HashRing
+from lamina.lifecycle import cancel_all
 
 log = logging.getLogger(__name__)
 
@@ -756,9 +757,7 @@ class WorkerPool:
                 if not waiter.done():
                     waiter.set_result(None)  # to see the pool closed
         self._waiters.clear()
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*list(self._background), return_exceptions=True)
+        await cancel_all(self._background)
         self._idle.clear()
         for worker in list(self._members):
             self._discard(worker)

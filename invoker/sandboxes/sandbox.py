@@ -42,6 +42,7 @@ from invoker.sandboxes.slots import (
 )
 from invoker.sandboxes.watchdog import Watchdog, descendants
 from invoker.zygote import ZygoteError, ZygoteMaster
+from lamina.lifecycle import cancel_all
 
 log = logging.getLogger(__name__)
 
@@ -432,9 +433,7 @@ class ZygoteSandbox:
     async def close(self) -> None:
         """Stop every zygote, remove the cgroups, the egress table and the work directory.
         Idempotent; never raises."""
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_all(self._tasks)
         for cells in self._cells.values():
             for cell in cells:
                 cell.close_fds()

@@ -15,6 +15,8 @@ import os
 import signal
 from collections.abc import Callable
 
+from lamina.lifecycle import cancel_all
+
 #: Seconds between two memory samples: SANDBOX.md's 50–100 ms.
 POLL_INTERVAL_S = 0.075
 
@@ -158,6 +160,4 @@ class Watchdog:
     async def close(self) -> None:
         self._watched.clear()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_all([self._task])
