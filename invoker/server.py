@@ -103,6 +103,8 @@ class InvokerServer:
         self.functions.subscribe(self.pool.on_function_change)
         code = CodeCache(s.data_dir.resolve() / "invoker-cache" / (s.invoker_id or "shared") / "code",
                          self._client)
+        code.root.mkdir(parents=True, exist_ok=True)
+        sandbox.code_root = code.root  # before the first zygotes start (prewarm below)
         interpreters = await asyncio.to_thread(Interpreters, s.python)
         try:  # the first cold starts fork from zygotes that are already waiting
             await sandbox.prewarm(interpreters.default_python)

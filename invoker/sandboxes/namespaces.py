@@ -89,21 +89,40 @@ def _staging(new_root):
     return os.path.join(os.path.dirname(new_root), "code")
 
 
-def show_code(new_root, code_dir):
+def _bundles(new_root):
+    return os.path.join(os.path.dirname(new_root), "bundles")
+
+
+def expose_bundles(new_root, code_root):
+    """In the zygote, once: bind ``code_root`` (the invoker's extracted code bundles)
+    read-only beside the template — outside every worker's root — so that showing one of
+    them is a single bind (:func:`show_code`)."""
+    _bind(code_root, _bundles(new_root))
+
+
+def show_code(new_root, code_dir, code_root=None):
     """In the zygote: show ``code_dir`` read-only at the template's shared ``/var/task``; it
-    propagates to the workers forked from the template (their copies are its slaves). The
-    read-only bind is made beside the template first and bound from there: a new bind
-    copies its source mount's flags, a remount would not propagate."""
+    propagates to the workers forked from the template (their copies are its slaves). A new
+    bind copies its source mount's flags (a remount would not propagate), so the source is
+    read-only already: the bundle's directory in the view :func:`expose_bundles` made of
+    ``code_root`` (one mount), or else a read-only bind staged beside the template (three).
+    Returns whether it staged (see :func:`hide_code`)."""
+    if code_root is not None and os.path.dirname(code_dir) == code_root:
+        mount(os.path.join(_bundles(new_root), os.path.basename(code_dir)), new_root + TASK_ROOT, None, MS_BIND)
+        return False
     staging = _staging(new_root)
     os.makedirs(staging, exist_ok=True)
     _bind(code_dir, staging)
     mount(staging, new_root + TASK_ROOT, None, MS_BIND)
+    return True
 
 
-def hide_code(new_root):
-    """In the zygote: take back what :func:`show_code` mounted (only call after it)."""
+def hide_code(new_root, staged=True):
+    """In the zygote: take back what :func:`show_code` mounted (only call after it), and
+    its staging bind when it ``staged``."""
     _check(_libc.umount2((new_root + TASK_ROOT).encode(), MNT_DETACH), "umount the shown code")
-    _check(_libc.umount2(_staging(new_root).encode(), MNT_DETACH), "umount the staged code")
+    if staged:
+        _check(_libc.umount2(_staging(new_root).encode(), MNT_DETACH), "umount the staged code")
 
 
 def prepare_root(new_root, runtime_dir, host_paths):

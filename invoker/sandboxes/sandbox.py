@@ -119,6 +119,9 @@ class ZygoteSandbox:
         os.chmod(self.workdir, 0o711)
         (self.workdir / SCOPE_FILE).write_text(scope)
         self._spares: dict[str, list[ZygoteSlot]] = {}
+        #: Where the invoker extracts code bundles (each in a directory of its own): tier A
+        #: zygotes started after it is set show a bundle there with one mount, not three.
+        self.code_root: Path | None = None
         #: The memory size (MB) of the last worker started per interpreter: spare slots are
         #: given its limits ahead of need (``ZygoteSlot.preset``).
         self.sizes: dict[str, int] = {}

@@ -130,6 +130,7 @@ class ZygoteSlot:
             # egress allowed; see the zygote's ENCLOSURE_KEYS).
             template = {"new_root": str(self.workdir / "root"), "runtime_dir": str(RUNTIMES_DIR),
                         "host_paths": self._paths,
+                        "code_root": str(self.sandbox.code_root) if self.sandbox.code_root else None,
                         "enclosure": self.plan(Launch(None, RUNTIMES_DIR, {}, DEFAULT_MEMORY_MB))}
         self.zygote = await Zygote.start(self.interpreter, confine=self._join, template=template, master=master)
 
@@ -196,12 +197,19 @@ class ZygoteSlot:
         assert self.zygote is not None
         self.memory_mb = launch.memory_mb
         limit = launch.memory_mb * 1024 * 1024
-        self.preset(launch.memory_mb)
-        self.sandbox.sizes[self.interpreter] = launch.memory_mb
         spawned = self.zygote.spawn(self.plan(launch), fds)
         # Tier A: the zygote shows the code on its template when the worker was enclosed
         # ahead of need; taken back when the slot is released (a no-op if it was not).
         self._shown = self._shown or (self.sandbox.tier == "A" and launch.code_dir is not None)
+        # The limits (usually only the peak's reset) while the zygote wakes up: the worker
+        # runs nothing of the function's before it reads INIT, which the caller writes after
+        # this returns (and when this raises, never: the caller closes the channel).
+        try:
+            self.preset(launch.memory_mb)
+        except OSError:
+            spawned.add_done_callback(lambda f: f.cancelled() or f.exception())  # nobody will wait for it
+            raise
+        self.sandbox.sizes[self.interpreter] = launch.memory_mb
         watchdog = self.sandbox.watchdog
         if watchdog is not None:
             def watch(future: asyncio.Future[int]) -> None:

@@ -121,17 +121,44 @@ def _nobody_connected(server: socket.socket) -> bool:
     return False
 
 
-async def test_another_functions_code_is_not_visible(pool: RecordingPool, tmp_path: Path) -> None:
-    mine = write_code(tmp_path / "cache" / "mine", {"app.py": PROBE_APP})
-    theirs = write_code(tmp_path / "cache" / "theirs", {"app.py": "SECRET = 'theirs'\n"})
+@pytest.fixture(params=["staged", "bundle view"])
+def cache(request: pytest.FixtureRequest, pool: RecordingPool, tmp_path: Path) -> Path:
+    """Where the test's code bundles go. "bundle view": the sandbox knows it as the code
+    root (as the invoker's code cache is), so its zygotes show a bundle with one bind from a
+    read-only view of the whole directory; "staged": it does not (a bind staged per show)."""
+    root = tmp_path / "cache"
+    root.mkdir()
+    if request.param == "bundle view":
+        pool.sandbox.code_root = root  # before any slot starts
+    return root
+
+
+async def test_another_functions_code_is_not_visible(pool: RecordingPool, cache: Path) -> None:
+    mine = write_code(cache / "mine", {"app.py": PROBE_APP})
+    theirs = write_code(cache / "theirs", {"app.py": "SECRET = 'theirs'\n"})
 
     spec = spec_for(mine)
     other = await _run(pool, spec, {"do": "read", "path": str(theirs / "app.py")})
-    cache = await _run(pool, spec, {"do": "list", "path": str(tmp_path / "cache")})
+    listing = await _run(pool, spec, {"do": "list", "path": str(cache)})
     own = await _run(pool, spec, {"do": "list", "path": "/var/task"})
+    (worker,) = pool.idle_workers("fn")
+    assert worker.slot is not None
+    beside = [await _run(pool, spec, {"do": "list", "path": str(worker.slot.workdir / name)})
+              for name in ("bundles", "code")]
+    mounts = await _run(pool, spec, {"do": "read", "path": "/proc/self/mountinfo"})
+    assert worker.slot.zygote is not None
+    zygotes = {line.split()[4] for line in Path(f"/proc/{worker.slot.zygote.pid}/mountinfo").read_text().splitlines()}
 
-    assert other == {"errno": "ENOENT"} and cache == {"errno": "ENOENT"}
+    assert other == {"errno": "ENOENT"} and listing == {"errno": "ENOENT"}
+    assert beside == [{"errno": "ENOENT"}] * 2  # the zygote's view and staging are not in the worker's root
     assert own == {"ok": ["app.py"]}
+    # In the zygote's namespace: the view of every bundle, or the code staged for this show.
+    view = pool.sandbox.code_root is not None
+    assert (str(worker.slot.workdir / "bundles") in zygotes, str(worker.slot.workdir / "code") in zygotes) == (view, not view)
+    assert isinstance(mounts, dict)
+    # The shown code is the last mount on /var/task (the template's own is under it).
+    task = [line.split() for line in mounts["ok"].splitlines() if line.split()[4] == "/var/task"][-1]
+    assert {"ro", "nosuid", "nodev"} <= set(task[5].split(",")), task
 
 
 async def test_the_invokers_environment_is_not_readable(
@@ -176,8 +203,8 @@ async def test_host_services_are_unreachable(pool: RecordingPool, tmp_path: Path
     assert _nobody_connected(server)
 
 
-async def test_nothing_outside_tmp_is_writable(pool: RecordingPool, tmp_path: Path) -> None:
-    spec = spec_for(write_code(tmp_path / "code", {"app.py": PROBE_APP}))
+async def test_nothing_outside_tmp_is_writable(pool: RecordingPool, cache: Path, tmp_path: Path) -> None:
+    spec = spec_for(write_code(cache / "code", {"app.py": PROBE_APP}))
     paths = ["/var/task/x", "/etc/x", "/x", "/usr/x", "/var/runtime/python/x", str(tmp_path / "x"), "/tmp/ok"]
 
     wrote = await _run(pool, spec, {"do": "write", "paths": paths})
