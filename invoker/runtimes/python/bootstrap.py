@@ -29,7 +29,7 @@ import sys
 import time
 import traceback
 
-_HEADER = struct.Struct(">II")
+HEADER = struct.Struct(">II")
 #: Lambda's limit on a synchronous response.
 MAX_RESPONSE_BYTES = 6 * 1024 * 1024
 _THIS_FILE = os.path.abspath(__file__)
@@ -56,13 +56,13 @@ class Channel:
             buf += chunk
 
     def recv(self):
-        self._fill(_HEADER.size)
-        header_len, body_len = _HEADER.unpack_from(self._buf)
-        end = _HEADER.size + header_len + body_len
+        self._fill(HEADER.size)
+        header_len, body_len = HEADER.unpack_from(self._buf)
+        end = HEADER.size + header_len + body_len
         self._fill(end)
         buf = self._buf
-        header = json.loads(buf[_HEADER.size:_HEADER.size + header_len])
-        body = bytes(buf[_HEADER.size + header_len:end]) if body_len else b""
+        header = json.loads(buf[HEADER.size:HEADER.size + header_len])
+        body = bytes(buf[HEADER.size + header_len:end]) if body_len else b""
         del buf[:end]
         return header, body
 
@@ -74,7 +74,7 @@ class Channel:
             except Exception:  # noqa: BLE001 - a user may have replaced or closed the stream
                 pass
         raw = _RESULT_HEADER if header is _RESULT else json.dumps(header).encode()
-        self.sock.sendall(_HEADER.pack(len(raw), len(body)) + raw + body)
+        self.sock.sendall(HEADER.pack(len(raw), len(body)) + raw + body)
 
 
 class LambdaContext:
@@ -179,7 +179,8 @@ def serve(fd, code_dir):
     sys.path.insert(0, code_dir)
     sys.argv = [os.path.join(code_dir, "__lambda__")]
     for stream in (sys.stdout, sys.stderr):
-        stream.reconfigure(line_buffering=True, errors="backslashreplace")
+        if not stream.line_buffering or stream.errors != "backslashreplace":  # the zygote's are
+            stream.reconfigure(line_buffering=True, errors="backslashreplace")
     try:
         header, _ = channel.recv()
     except EOFError:

@@ -149,6 +149,38 @@ def _rehearse():
             os.unlink(path)
     except OSError:
         pass
+    try:  # and one exchange on a channel: its receive buffer is 64 KB
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        channel = bootstrap.Channel(theirs.detach())
+        try:
+            raw = json.dumps({"type": "init", "handler": "_lamina_rehearsal.handler"}).encode()
+            ours.sendall(bootstrap.HEADER.pack(len(raw), 0) + raw)
+            channel.recv()
+            channel.send({"type": "init_ok"})
+            ours.recv(MESSAGE_MAX)
+        finally:
+            ours.close()
+            channel.sock.close()
+    except OSError:
+        pass
+
+
+def _stdio_on_a_pipe(made=False):
+    """The worker's text streams on fds 1 and 2, which are pipes (``made``), or else are
+    made a pipe's write end here — the spare's, ahead of need: the plan's pipes are
+    ``dup2``'ed over them, which the streams never notice. A pipe, not the zygote's
+    /dev/null, so that the streams know they cannot seek. (The read end is closed: a write
+    before the plan would end the spare, and the zygote would fork another.)"""
+    if not made:
+        read, write = os.pipe()
+        os.dup2(write, 1)
+        os.dup2(write, 2)
+        os.close(read)
+        os.close(write)
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True,
+                                  errors="backslashreplace")
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), line_buffering=True,
+                                  errors="backslashreplace")
 
 
 def _specialise(plan, channel_fd):
@@ -181,6 +213,8 @@ def _waiting(sock, enclosure):
             os.closerange(sock.fileno() + 1, 65536)
             _enclose(enclosure)
             _rehearse()
+            _stdio_on_a_pipe()
+            os.environ.clear()  # the zygote's: the plan brings the function's
         except BaseException:  # noqa: BLE001 - said once on the zygote's stderr, then never tried again
             traceback.print_exc()
             os._exit(_ENCLOSE_FAILED)
@@ -203,12 +237,8 @@ def _child(plan, fds, enclosed):
         os.dup2(null, 0)
         os.dup2(out, 1)
         os.dup2(err, 2)
-        # New text streams: the zygote's describe /dev/null (seekable), these are pipes.
-        sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True,
-                                      errors="backslashreplace")
-        sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), line_buffering=True,
-                                      errors="backslashreplace")
-        if not enclosed:
+        if not enclosed:  # an enclosed spare made its streams ahead of need
+            _stdio_on_a_pipe(made=True)
             _enclose(plan)
         _specialise(plan, channel)
     except BaseException as exc:  # noqa: BLE001 - reported to the invoker, then the child exits
