@@ -118,9 +118,13 @@ def show_code(new_root, code_dir, code_root=None):
 
 
 def hide_code(new_root, staged=True):
-    """In the zygote: take back what :func:`show_code` mounted (only call after it), and
-    its staging bind when it ``staged``."""
-    _check(_libc.umount2((new_root + TASK_ROOT).encode(), MNT_DETACH), "umount the shown code")
+    """In the zygote: take back what :func:`show_code` mounted, and its staging bind when it
+    ``staged``. Only what is there: below the shown code is the template's own shared
+    ``/var/task``, which every spare's root depends on (``enter_root`` fails on a template
+    that lost it): a second call, or one after a show that failed half-way, leaves it."""
+    task = new_root + TASK_ROOT
+    if os.stat(task).st_dev != os.stat(new_root).st_dev:  # code on it, not the template's tmpfs
+        _check(_libc.umount2(task.encode(), MNT_DETACH), "umount the shown code")
     if staged:
         _check(_libc.umount2(_staging(new_root).encode(), MNT_DETACH), "umount the staged code")
 

@@ -308,3 +308,48 @@ async def test_workers_run_sched_batch_and_never_preempt_the_invoker_that_wakes_
     finally:
         await pool.stop_all()
         await box.close()
+
+
+_SHOW_AND_HIDE = """
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+import namespaces
+root, code, bundles = sys.argv[2:5]
+namespaces.prepare_root(root, code, [])  # its own mount namespace (unshare): nothing leaks out
+namespaces.expose_bundles(root, bundles)
+
+def task_mounts():
+    with open("/proc/self/mountinfo") as info:
+        return sum(line.split()[4] == root + "/var/task" for line in info)
+
+seen = {"template": task_mounts()}
+seen["staged"] = namespaces.show_code(root, code)
+seen["shown"] = task_mounts()
+namespaces.hide_code(root, staged=True)
+namespaces.hide_code(root, staged=False)  # again, as after a hide that failed half-way
+seen["hidden twice"] = task_mounts()
+seen["staged from the view"] = namespaces.show_code(root, os.path.join(bundles, "b"), bundles)
+seen["listing"] = sorted(os.listdir(root + "/var/task"))
+namespaces.hide_code(root, staged=False)
+seen["hidden"] = task_mounts()
+print(json.dumps(seen))
+"""
+
+
+def test_code_is_shown_and_hidden_without_touching_the_templates_own_task_mount(tmp_path: Path) -> None:
+    """The template's shared /var/task, under any shown code, is what every spare's root
+    receives code through: hiding code twice (a retry after a half-failed hide) leaves it."""
+    if os.geteuid() != 0:
+        service_missing("root (mount namespaces)")
+    from invoker.sandboxes import namespaces
+
+    (tmp_path / "root").mkdir()
+    code = write_code(tmp_path / "code", {"app.py": "x = 1\n"})
+    write_code(tmp_path / "bundles" / "b", {"handler.py": "y = 2\n"})
+    run = subprocess.run([sys.executable, "-c", _SHOW_AND_HIDE, str(Path(namespaces.__file__).parent),
+                          str(tmp_path / "root"), str(code), str(tmp_path / "bundles")],
+                         capture_output=True, text=True, timeout=30)
+
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == {"template": 1, "staged": True, "shown": 2, "hidden twice": 1,
+                                      "staged from the view": False, "listing": ["handler.py"], "hidden": 1}

@@ -342,8 +342,8 @@ def _show_or_hide(message):
         if _template is None:
             raise OSError("this zygote has no template root")
         if _shown:
-            namespaces.hide_code(_template, staged=_shown == _STAGED)
-            _shown = False
+            shown, _shown = _shown, False  # even if taking it back fails half-way
+            namespaces.hide_code(_template, staged=shown == _STAGED)
         if message["type"] == "show":
             _shown = _STAGED if namespaces.show_code(_template, message["code_dir"], _code_root) else _BOUND
     except OSError as exc:
