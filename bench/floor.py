@@ -28,6 +28,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from collections import deque
 from pathlib import Path
 
@@ -187,6 +188,17 @@ def _worker_main(fd: int) -> None:
             sock.sendall(reply)
 
 
+def _wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"the floor's relay did not listen on port {port}")
+
+
 class Floor:
     """The skeleton's three kinds of process, for ``with Floor(workers) as floor: floor.url``."""
 
@@ -203,6 +215,7 @@ class Floor:
 
         self.processes.append(subprocess.Popen(
             [sys.executable, __file__, "relay", str(self.relay_port), str(self.workers)], cwd=BENCH))
+        _wait_listening(self.relay_port, self.processes[-1])  # the edge connects on its first request
         self.processes.append(subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "floor:edge", "--host", "127.0.0.1", "--port", str(self.port),
              "--log-level", "warning", "--no-access-log", "--loop", "uvloop", "--http", "httptools"],

@@ -113,6 +113,7 @@ class InvokerServer:
         servicer = InvokerServicer(self.invoker_id, layers, self.functions, code, self.pool, interpreters,
                                    records=self._records.submit)
         self.pool.specs = servicer.worker_spec
+        self.pool.interpreters = servicer.interpreter
         self._server = grpc.aio.server(
             options=wire.SERVER_OPTIONS,
             interceptors=[TokenCheck(s.cluster_token, "invoker")] if s.cluster_token else None)

@@ -113,6 +113,11 @@ class InvokerServicer(pb_grpc.InvokerServicer):
             return None
         return WorkerSpec.of(fn, await self._code.ensure(fn.spec.code_sha256), interpreter)
 
+    async def interpreter(self, runtime: str) -> str | None:
+        """The interpreter binary for ``runtime`` on this host, or None (the first lookup of a
+        runtime runs it: off the event loop)."""
+        return await asyncio.to_thread(self._interpreters.find, runtime)
+
     async def Invoke(self, request: pb.InvokeRequest, context: grpc.aio.ServicerContext) -> pb.InvokeResponse:
         try:
             result = await self.invoke(request.function, request.revision, request.request_id, request.payload,

@@ -100,6 +100,18 @@ def worker_environment(spec: WorkerSpec, worker_id: str, task_root: str = "", ru
     return env
 
 
+def stem_cell_launch(sandbox: Sandbox, interpreter: str, runtime: str, memory_mb: int,
+                     egress: str) -> tuple[tuple[str, int, str], Launch]:
+    """The key of the stem cells an exec'd runtime's worker of this size can adopt (its heap
+    flag and network are fixed when it starts), and how to start one: no code, no function
+    environment (both come with its INIT)."""
+    directory = runtime_dir(runtime)
+    _, runtime_root = sandbox.visible_paths(None, directory)
+    launch = Launch(None, directory, {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "TZ": ":UTC"},
+                    memory_mb, egress, launch_argv(runtime, interpreter, memory_mb, runtime_root))
+    return (interpreter, memory_mb, egress), launch
+
+
 class _NoReply(Exception):
     """No valid reply: the deadline passed (``timeout``), the runtime closed the channel
     (``closed``), or it sent something that is not a reply (``invalid``)."""
@@ -466,12 +478,7 @@ class Worker:
     def _stem_cell(self) -> StemCell | None:
         """A started stem cell for this function's runtime and size (and ask for the next)."""
         spec = self.spec
-        key = (spec.interpreter, spec.memory_mb, spec.egress)
-        runtime = runtime_dir(spec.runtime)
-        _, runtime_root = self.sandbox.visible_paths(spec.code_dir, runtime)
-        launch = Launch(None, runtime, {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "TZ": ":UTC"},
-                        spec.memory_mb, spec.egress, launch_argv(spec.runtime, spec.interpreter, spec.memory_mb,
-                                                                 runtime_root))
+        key, launch = stem_cell_launch(self.sandbox, spec.interpreter, spec.runtime, spec.memory_mb, spec.egress)
         cell = self.sandbox.take_stem_cell(key)
         self.sandbox.keep_stem_cells(key, launch)
         return cell

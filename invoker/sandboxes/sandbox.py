@@ -221,7 +221,7 @@ class ZygoteSandbox:
             text += " (not a security boundary)"
         return text + (f" (missing: {'; '.join(self.missing)})" if self.missing else "")
 
-    def visible_paths(self, code_dir: Path, runtime_dir: Path) -> tuple[str, str]:
+    def visible_paths(self, code_dir: Path | None, runtime_dir: Path) -> tuple[str, str]:
         """Where a worker sees its code and its runtime (tier A: Lambda's paths)."""
         if self.tier == "A":
             return "/var/task", f"/var/runtime/{runtime_dir.name}"
@@ -311,6 +311,10 @@ class ZygoteSandbox:
     def ready_stem_cells(self) -> int:
         """How many stem cells are started and waiting (all keys)."""
         return sum(len(cells) for cells in self._cells.values())
+
+    def stem_cell_pids(self) -> set[int]:
+        """The pids of the stem cells started and waiting (all keys)."""
+        return {cell.pid for cells in self._cells.values() for cell in cells}
 
     def take_stem_cell(self, key: tuple[str, int, str]) -> StemCell | None:
         """A live stem cell for ``key`` (node binary, memory MB, egress), or None."""

@@ -12,6 +12,8 @@ import pytest
 from invoker.runtimes import Interpreters
 from invoker.sandboxes import Sandbox
 from invoker.worker import WorkerSpec
+from lamina.controller_client import ChangeType, FunctionChange
+from lamina.core.functions import Function, FunctionSpec
 from lamina.core.invocations import Outcome
 from tests.conftest import service_missing
 from tests.invoker.conftest import RecordingPool, assert_clean, task_root, write_code
@@ -83,6 +85,36 @@ async def test_node_cold_starts_adopt_started_stem_cells_and_slots_are_reused(
         pool.reap_idle(float("inf"))
         await pool.settle()
         await assert_clean(sandbox)
+
+
+async def test_a_deployed_node_function_has_a_stem_cell_of_its_size_before_its_first_call(
+        pool: RecordingPool, sandbox: Sandbox, node: str, tmp_path: Path) -> None:
+    if not sandbox.stem_cells_supported:
+        pytest.skip(f"tier {sandbox.tier} has no stem cells (its Landlock rules are fixed before exec)")
+
+    async def interpreter(runtime: str) -> str | None:
+        return node if runtime == "nodejs20" else None
+
+    pool.interpreters = interpreter
+    code = write_code(tmp_path / "code", {"index.js": NODE_APP})
+    python = Function(FunctionSpec(name="py", memory_mb=256), revision=1)
+    deployed = Function(FunctionSpec(name="njs", runtime="nodejs20", handler="index.handler", memory_mb=256),
+                        revision=1)
+    pool.on_function_change(FunctionChange(ChangeType.PUT, 1, python))
+    pool.on_function_change(FunctionChange(ChangeType.PUT, 1, deployed))
+    await _stem_cell_ready(sandbox)
+    ready = sandbox.stem_cell_pids()
+
+    first = await pool.invoke(_spec(code, node, memory_mb=256), "n1", b"{}")
+
+    assert len(ready) == 1  # one, for the Node function; none for the Python one
+    assert first.outcome is Outcome.SUCCESS and first.cold_start, first
+    assert json.loads(first.payload)["greeting"] == "hi"
+    (worker,) = pool.idle_workers("njs")
+    assert worker.pid in ready  # the first call took it: it was of the function's size
+    await _stem_cell_ready(sandbox)  # the next one, for the next cold start of that size
+    pool.reap_idle(float("inf"))
+    await pool.settle()
 
 
 def _token(logs: str) -> str:
