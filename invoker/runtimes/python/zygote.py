@@ -293,8 +293,9 @@ def _prefork(ctl, enclosure=None):
 #: view of the code bundles) or _STAGED (a bind from a read-only bind staged beside it).
 _shown = False
 _BOUND, _STAGED = "bound", "staged"
-#: The last spawn datagram (what :func:`_rehearse_spawn` goes through).
-_last_spawn = b'{"type": "spawn", "enclosure": {}, "code_dir": null}\n{"environment": {}}'
+#: The last spawn datagram's two parts, zygote's and child's (what :func:`_rehearse_spawn`
+#: goes through).
+_last_spawn = (b'{"type": "spawn", "enclosure": {}, "code_dir": null}', b'{"environment": {}}')
 
 
 def _spare(ctl):
@@ -315,7 +316,7 @@ def _rehearse_spawn():
     fds = []
     try:
         fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(3)]
-        socket.send_fds(ours, [_last_spawn], fds)
+        socket.send_fds(ours, [b"\n".join(_last_spawn)], fds)
         raw, received, _, _ = socket.recv_fds(theirs, MESSAGE_MAX, 8)
         fds += received
         head, _, raw = raw.partition(b"\n")
@@ -507,7 +508,7 @@ def serve(ctl, config):
                 _send(ctl, _show_or_hide(message))
                 continue
             if message.get("type") == "spawn":
-                _last_spawn = head + b"\n" + raw
+                _last_spawn = (head, raw)
                 if spare:
                     status = _gone(spare)
                     if status is not None:  # killed with a worker's leftovers since: fork afresh
