@@ -742,15 +742,16 @@ class WorkerPool:
         return True
 
     async def _ready_stem_cell(self, fn: Function) -> None:
-        """Have a stem cell of ``fn``'s size ready before its first call: without one, the
-        first cold start of a size (after a deploy, after the invoker starts) starts the
-        runtime itself (~30 ms for Node, against ~4 ms for a stem cell)."""
+        """Have a stem cell of ``fn``'s size ready before its first call (for the first few
+        sizes: ``STEM_CELL_SIZES_AHEAD``): without one, the first cold start of a size (after
+        a deploy, after the invoker starts) starts the runtime itself (~30 ms for Node,
+        against ~4 ms for a stem cell)."""
         assert self.interpreters is not None
         interpreter = await self.interpreters(fn.spec.runtime)
         if interpreter is not None and not self._closed:
             key, launch = stem_cell_launch(self.sandbox, interpreter, fn.spec.runtime, fn.spec.memory_mb,
                                            fn.spec.egress)
-            self.sandbox.keep_stem_cells(key, launch)
+            self.sandbox.keep_stem_cells(key, launch, ahead=True)
 
     def _spawn(self, job: Coroutine[object, object, object]) -> None:
         task = asyncio.get_running_loop().create_task(job)

@@ -51,6 +51,11 @@ log = logging.getLogger(__name__)
 STEM_CELLS = 1
 #: Seconds a stem cell may take to start and say it is ready.
 STEM_CELL_READY_S = 10.0
+#: Sizes (keys) that get a stem cell ahead of any cold start — as soon as a function of theirs
+#: is deployed — at most: each holds a sandbox slot and a started node on every invoker,
+#: whether or not the function is ever called there. Beyond them, a size gets its first
+#: stem cell when its first cold start needs one (and starts node itself).
+STEM_CELL_SIZES_AHEAD = 4
 #: Worker uid ranges on one host (UID_BASE + i * UIDS_PER_INVOKER): invokers sharing a
 #: host never share a range (see ``ZygoteSandbox._claim_uids``).
 UID_RANGES = 800
@@ -326,13 +331,19 @@ class ZygoteSandbox:
             self._spawn_task(self._discard_cell(cell))
         return None
 
-    def keep_stem_cells(self, key: tuple[str, int, str], launch: Launch) -> None:
-        """Start stem cells for ``key`` in the background until ``STEM_CELLS`` are ready."""
+    def keep_stem_cells(self, key: tuple[str, int, str], launch: Launch, *, ahead: bool = False) -> bool:
+        """Start stem cells for ``key`` in the background until ``STEM_CELLS`` are ready;
+        ``ahead`` of any cold start of its size, only while fewer than
+        ``STEM_CELL_SIZES_AHEAD`` sizes have some. Whether ``key`` has or gets some."""
         if not self.stem_cells_supported:
-            return
+            return False
+        kept = {k for k, cells in self._cells.items() if cells} | {k for k, n in self._cells_starting.items() if n}
+        if ahead and key not in kept and len(kept) >= STEM_CELL_SIZES_AHEAD:
+            return False
         while len(self._cells.get(key, [])) + self._cells_starting[key] < STEM_CELLS:
             self._cells_starting[key] += 1
             self._spawn_task(self._start_cell(key, launch))
+        return True
 
     async def _start_cell(self, key: tuple[str, int, str], launch: Launch) -> None:
         slot: ZygoteSlot | None = None

@@ -11,7 +11,8 @@ import pytest
 
 from invoker.runtimes import Interpreters
 from invoker.sandboxes import Sandbox
-from invoker.worker import WorkerSpec
+from invoker.sandboxes.sandbox import STEM_CELL_SIZES_AHEAD
+from invoker.worker import WorkerSpec, stem_cell_launch
 from lamina.controller_client import ChangeType, FunctionChange
 from lamina.core.functions import Function, FunctionSpec
 from lamina.core.invocations import Outcome
@@ -115,6 +116,29 @@ async def test_a_deployed_node_function_has_a_stem_cell_of_its_size_before_its_f
     await _stem_cell_ready(sandbox)  # the next one, for the next cold start of that size
     pool.reap_idle(float("inf"))
     await pool.settle()
+
+
+async def test_only_the_first_few_sizes_get_a_stem_cell_ahead_of_a_cold_start(
+        pool: RecordingPool, sandbox: Sandbox, node: str) -> None:
+    if not sandbox.stem_cells_supported:
+        pytest.skip(f"tier {sandbox.tier} has no stem cells (its Landlock rules are fixed before exec)")
+    sizes = [128 + 64 * i for i in range(STEM_CELL_SIZES_AHEAD + 1)]
+
+    kept = [sandbox.keep_stem_cells(*stem_cell_launch(sandbox, node, "nodejs20", size, "internet"), ahead=True)
+            for size in sizes]
+    for _ in range(200):
+        if sandbox.ready_stem_cells() == STEM_CELL_SIZES_AHEAD:
+            break
+        await asyncio.sleep(0.05)
+    ready = sandbox.ready_stem_cells()
+    again = sandbox.keep_stem_cells(*stem_cell_launch(sandbox, node, "nodejs20", sizes[0], "internet"), ahead=True)
+    needed = sandbox.keep_stem_cells(*stem_cell_launch(sandbox, node, "nodejs20", sizes[-1], "internet"))
+
+    # Each size holds a slot and a node on every invoker: deploys alone start a bounded few;
+    # a cold start of another size still gets its own for the next one.
+    assert kept == [True] * STEM_CELL_SIZES_AHEAD + [False]
+    assert ready == STEM_CELL_SIZES_AHEAD
+    assert again and needed
 
 
 def _token(logs: str) -> str:
