@@ -165,22 +165,26 @@ def _rehearse():
         pass
 
 
-def _stdio_on_a_pipe(made=False):
-    """The worker's text streams on fds 1 and 2, which are pipes (``made``), or else are
-    made a pipe's write end here — the spare's, ahead of need: the plan's pipes are
-    ``dup2``'ed over them, which the streams never notice. A pipe, not the zygote's
-    /dev/null, so that the streams know they cannot seek. (The read end is closed: a write
-    before the plan would end the spare, and the zygote would fork another.)"""
-    if not made:
-        read, write = os.pipe()
-        os.dup2(write, 1)
-        os.dup2(write, 2)
-        os.close(read)
-        os.close(write)
+def _text_streams():
+    """New ``sys.stdout`` and ``sys.stderr`` on fds 1 and 2, which are pipes: made on the
+    zygote's /dev/null (seekable), they would think they can seek."""
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True,
                                   errors="backslashreplace")
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), line_buffering=True,
                                   errors="backslashreplace")
+
+
+def _stdio_on_a_pipe():
+    """The spare's, ahead of need: fds 1 and 2 made a pipe's write end and the text streams
+    made on them; the plan's pipes are later ``dup2``'ed over those numbers, which the
+    streams never notice. (The read end is closed: a write before the plan would end the
+    spare, and the zygote would fork another.)"""
+    read, write = os.pipe()
+    os.dup2(write, 1)
+    os.dup2(write, 2)
+    os.close(read)
+    os.close(write)
+    _text_streams()
 
 
 def _specialise(plan, channel_fd):
@@ -238,7 +242,7 @@ def _child(plan, fds, enclosed):
         os.dup2(out, 1)
         os.dup2(err, 2)
         if not enclosed:  # an enclosed spare made its streams ahead of need
-            _stdio_on_a_pipe(made=True)
+            _text_streams()
             _enclose(plan)
         _specialise(plan, channel)
     except BaseException as exc:  # noqa: BLE001 - reported to the invoker, then the child exits
