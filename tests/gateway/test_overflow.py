@@ -274,9 +274,11 @@ def test_an_unreachable_invoker_is_ejected_and_returns_once_healthy(
         assert stack.gateway.balancer.ejected == [flaky.invoker_id]
 
         stack.loop.run(partition.heal())
-        _wait_for("the invoker's return", lambda: not stack.gateway.balancer.ejected)
+        returned = f"invoker {flaky.invoker_id} at 127.0.0.2:{grpc_port} returns to the ring"
+        # The balancer (on the stack's loop thread) marks it ready, then logs: wait for both.
+        _wait_for("the invoker's return", lambda: not stack.gateway.balancer.ejected and returned in caplog.text)
         assert _gateway_sample(stack, "lamina_gateway_invokers", state="ready") == 2
-        assert f"invoker {flaky.invoker_id} at 127.0.0.2:{grpc_port} returns to the ring" in caplog.text
+        assert returned in caplog.text
         assert _invoke(stack, name).status_code == 200
         assert _ran(flaky, name) == 2  # home again
     finally:
