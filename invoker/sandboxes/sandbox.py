@@ -255,11 +255,15 @@ class ZygoteSandbox:
         spares = self._spares.setdefault(interpreter, [])
         while len(spares) < SPARE_SLOTS:
             slot = await self._new_slot(interpreter)
-            try:
-                slot.preset(self.sizes.get(interpreter, DEFAULT_MEMORY_MB))
-            except OSError as exc:  # the spawn sets them again, and reports a failure
-                log.warning("cannot preset the limits of sandbox slot %d: %s", slot.index, exc)
+            self._preset(slot)
             spares.append(slot)
+
+    def _preset(self, slot: ZygoteSlot) -> None:
+        """Give a spare slot the limits of the last worker size started, its peak reset."""
+        try:
+            slot.preset(self.sizes.get(slot.interpreter, DEFAULT_MEMORY_MB))
+        except OSError as exc:  # the spawn sets them again, and reports a failure
+            log.warning("cannot preset the limits of sandbox slot %d: %s", slot.index, exc)
 
     async def _new_slot(self, interpreter: str) -> ZygoteSlot:
         if not self._free:
@@ -412,6 +416,7 @@ class ZygoteSandbox:
             except OSError:
                 clean = False
         if clean and len(spares) < SPARE_SLOTS * 2:
+            self._preset(slot)  # its last worker is gone: the peak now is its zygote and spare
             spares.append(slot)
         else:
             await self._destroy(slot)

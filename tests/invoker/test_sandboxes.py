@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -262,6 +263,43 @@ async def test_a_spare_slot_waits_with_the_limits_of_the_last_worker_size() -> N
             assert limit == (512 + ZYGOTE_ALLOWANCE_MB) * 1024 * 1024
         await box.release(slot)
     finally:
+        await box.close()
+
+
+BIG_APP = """
+    def handler(event, context):
+        block = bytearray(80 * 1024 * 1024)
+        block[::4096] = b"x" * len(block[::4096])  # touch every page
+        return len(block)
+"""
+SMALL_APP = """
+    def handler(event, context):
+        return "small"
+"""
+
+
+@pytest.mark.cgroup
+async def test_a_slot_that_comes_back_has_its_peak_reset_so_the_next_worker_is_billed_its_own(tmp_path: Path) -> None:
+    box = make_sandbox("strict")
+    pool = WorkerPool(box, log_sink=lambda record: None, invoker_id="peak-test")
+    try:
+        big = await pool.invoke(spec_for(write_code(tmp_path / "big", {"app.py": BIG_APP}), name="big", memory_mb=256),
+                                "r1", b"{}")
+        assert big.outcome is Outcome.SUCCESS, big
+        assert big.max_memory_used_mb >= 80
+        used = {s for s in box.slots() if s.cgroups is not None and s.cgroups.max_memory_bytes() >= 80 << 20}
+        assert len(used) == 1
+        assert pool.reap_idle(now=time.monotonic() + 3600) == 1  # its worker ends: the slot comes back
+        await pool.settle()
+        slot = used.pop()
+        assert slot in box.slots() and slot.cgroups is not None
+        assert slot.cgroups.max_memory_bytes() < 48 << 20
+        small = await pool.invoke(spec_for(write_code(tmp_path / "small", {"app.py": SMALL_APP}), name="small",
+                                           memory_mb=256), "r2", b"{}")
+        assert small.outcome is Outcome.SUCCESS, small
+        assert 0 < small.max_memory_used_mb < 48
+    finally:
+        await pool.stop_all()
         await box.close()
 
 
