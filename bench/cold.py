@@ -9,9 +9,9 @@ The baseline is what a platform without a zygote pays: ``python -I -S`` (resp. `
 the runtime's flags) running the same bootstrap and handler, spawned by this process, timed
 from spawn to ``init_ok`` (and to the first result, also recorded). It is sampled at the
 same rate as the invoker's cold starts (one per ``SAMPLE_SPACING_S``): started back to back
-instead, with the CPU never idle in between, a fresh interpreter is faster (~15-25 % on
-the VMs measured, where a process that was idle pays ~20-30 µs a page fault instead of
-~3), so that figure is reported too, as the baseline's best case.
+instead, with the CPU never idle in between, a fresh interpreter is faster (~5-25 % on
+the VM measured, where the first touches of memory after an idle spell are several times
+slower than in a busy process), so that figure is reported too, as the baseline's best case.
 """
 
 from __future__ import annotations
