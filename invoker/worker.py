@@ -15,14 +15,13 @@ import math
 import os
 import signal
 import socket
-import struct
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
 
+from invoker.channel import FRAME, Channel, NoReply
 from invoker.logship import LogCapture
 from invoker.runtimes import is_exec_runtime, launch_argv, runtime_dir
 from invoker.runtimes import node as node_runtime
@@ -39,9 +38,6 @@ LogSink = Callable[[LogRecord], None]
 
 REGION = "us-east-1"
 ACCOUNT = "000000000000"
-_FRAME = struct.Struct(">II")
-#: A reply larger than this is a protocol violation (the runtime caps results at 6 MB).
-MAX_REPLY_BYTES = 7 * 1024 * 1024
 #: A line longer than this is cut, so one newline-free stream cannot grow a buffer forever.
 MAX_LINE_BYTES = 64 * 1024
 #: How long a runtime that closed its socket may take to exit before it is killed.
@@ -112,115 +108,6 @@ def stem_cell_launch(sandbox: Sandbox, interpreter: str, runtime: str, memory_mb
     return (interpreter, memory_mb, egress), launch
 
 
-class _NoReply(Exception):
-    """No valid reply: the deadline passed (``timeout``), the runtime closed the channel
-    (``closed``), or it sent something that is not a reply (``invalid``)."""
-
-    def __init__(self, kind: str, detail: str = "") -> None:
-        super().__init__(detail or kind)
-        self.kind = kind
-        self.detail = detail
-
-
-class _Channel(asyncio.Protocol):
-    """The worker's socket: frames cut out of one buffer in ``data_received``, each call one
-    future and one ``call_later`` deadline (no task, no ``readexactly`` per field). One call
-    at a time; what arrives between calls waits in the buffer, as it would in a reader."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self._buffer = bytearray()
-        self._waiter: asyncio.Future[tuple[dict, bytes]] | None = None
-        self._eof = False
-        self._lost: asyncio.Future[None] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        self._lost = asyncio.get_running_loop().create_future()
-
-    def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        if self._waiter is not None:
-            self._parse()
-
-    def eof_received(self) -> bool:
-        self._eof = True
-        if self._waiter is not None:
-            self._parse()
-        return False  # close our end too
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._eof = True
-        if self._waiter is not None:
-            self._parse()
-        if self._lost is not None and not self._lost.done():
-            self._lost.set_result(None)
-
-    def _parse(self) -> None:
-        """Resolve the waiter with the next reply in the buffer (a Node stem cell's "ready"
-        announcements skipped), or fail it; leave it pending while a frame is incomplete."""
-        waiter = self._waiter
-        assert waiter is not None
-        buffer = self._buffer
-        while True:
-            if len(buffer) < _FRAME.size:
-                break
-            header_len, body_len = _FRAME.unpack_from(buffer)
-            if header_len > 1024 * 1024 or body_len > MAX_REPLY_BYTES:
-                self._fail(_NoReply("invalid", f"reply frame of {header_len}+{body_len} bytes"))
-                return
-            end = _FRAME.size + header_len + body_len
-            if len(buffer) < end:
-                break
-            try:
-                reply = json.loads(bytes(buffer[_FRAME.size:_FRAME.size + header_len]))
-                kind = reply.get("type")
-            except (ValueError, AttributeError) as exc:
-                self._fail(_NoReply("invalid", f"malformed reply: {exc}"))
-                return
-            body = bytes(buffer[_FRAME.size + header_len:end]) if body_len else b""
-            del buffer[:end]
-            if kind != "ready":
-                self._waiter = None
-                if not waiter.done():
-                    waiter.set_result((reply, body))
-                return
-        if self._eof:
-            self._fail(_NoReply("closed"))
-
-    def _fail(self, exc: _NoReply) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(exc)
-
-    def _expire(self) -> None:
-        self._fail(_NoReply("timeout"))
-
-    async def exchange(self, frame: bytes | None, timeout: float) -> tuple[dict, bytes]:
-        """Send ``frame`` (None: already sent), then wait for the reply, within ``timeout``."""
-        loop = asyncio.get_running_loop()
-        waiter = self._waiter = loop.create_future()
-        timer = loop.call_later(timeout, self._expire)
-        try:
-            if frame is not None:
-                transport = self.transport
-                if self._eof or transport is None or transport.is_closing():
-                    raise _NoReply("closed")
-                transport.write(frame)
-            self._parse()
-            return await waiter
-        finally:
-            timer.cancel()
-            if self._waiter is waiter:
-                self._waiter = None
-
-    async def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-            if self._lost is not None:
-                await self._lost
-
-
 class Worker:
     """A runtime process in a sandbox slot. Not safe for two concurrent invocations: the
     pool hands a worker to one caller at a time."""
@@ -241,7 +128,7 @@ class Worker:
         self._cap = log_cap_bytes
         self._exit: asyncio.Task[int | None] | None = None
         self._returncode: int | None = None
-        self._channel: _Channel | None = None
+        self._channel: Channel | None = None
         self._pipes: dict[int, tuple[str, bytearray]] = {}
         self._capture: LogCapture | None = None
         self._request_id = ""
@@ -284,7 +171,7 @@ class Worker:
             try:
                 reply, body = await self._exchange(header, payload)
                 result = self._from_reply(reply, body)
-            except _NoReply as no_reply:
+            except NoReply as no_reply:
                 result = await self._failure(no_reply, "call")
             duration_ms = (time.monotonic() - began) * 1000
             result = self._verdict(result)
@@ -389,7 +276,7 @@ class Worker:
             return InvocationResult(Outcome.FUNCTION_ERROR, error_type=str(reply.get("errorType", "")),
                                     error_message=str(reply.get("errorMessage", "")),
                                     stack_trace=[str(s) for s in reply.get("stackTrace", [])])
-        raise _NoReply("invalid", f"unexpected {kind!r} frame")
+        raise NoReply("invalid", f"unexpected {kind!r} frame")
 
     def _oom(self) -> InvocationResult:
         return InvocationResult(Outcome.OUT_OF_MEMORY, error_type="Runtime.OutOfMemory",
@@ -447,7 +334,7 @@ class Worker:
             self._pipes[fd] = (stream, bytearray())  # from here on, stop() closes them
             loop.add_reader(fd, self._read_pipe, fd)
         try:
-            _, self._channel = await loop.create_unix_connection(_Channel, sock=ours)
+            _, self._channel = await loop.create_unix_connection(Channel, sock=ours)
         except BaseException:
             ours.close()
             raise
@@ -456,12 +343,12 @@ class Worker:
             init.update(code_dir=task_root, environment=env)
         raw = json.dumps(init).encode()
         assert self._channel.transport is not None
-        self._channel.transport.write(_FRAME.pack(len(raw), 0) + raw)
+        self._channel.transport.write(FRAME.pack(len(raw), 0) + raw)
         # The INIT reply and the zygote's "spawned" race: neither waits for the other.
-        no_reply: _NoReply | None = None
+        no_reply: NoReply | None = None
         try:
             reply, body = await self._exchange(None)
-        except _NoReply as exc:
+        except NoReply as exc:
             no_reply = exc
         try:
             async with asyncio.timeout(EXIT_GRACE_S):
@@ -494,7 +381,7 @@ class Worker:
             os.set_blocking(fd, False)
             self._pipes[fd] = (stream, bytearray())
             loop.add_reader(fd, self._read_pipe, fd)
-        _, self._channel = await loop.create_unix_connection(_Channel, sock=cell.channel)
+        _, self._channel = await loop.create_unix_connection(Channel, sock=cell.channel)
         try:
             await slot.show_code(spec.code_dir)
         except OSError as exc:
@@ -506,7 +393,7 @@ class Worker:
         try:
             reply, body = await self._exchange({"type": "init", "handler": spec.handler, "code_dir": task_root,
                                                 "environment": env})
-        except _NoReply as no_reply:
+        except NoReply as no_reply:
             return await self._failure(no_reply, "init")
         return await self._initialised(reply, body)
 
@@ -528,10 +415,10 @@ class Worker:
         frame = None
         if header is not None:
             raw = json.dumps(header).encode()
-            frame = _FRAME.pack(len(raw), len(body)) + raw + body
+            frame = FRAME.pack(len(raw), len(body)) + raw + body
         return await self._channel.exchange(frame, self.spec.timeout_s)
 
-    async def _failure(self, no_reply: _NoReply, phase: str) -> InvocationResult:
+    async def _failure(self, no_reply: NoReply, phase: str) -> InvocationResult:
         """Why no reply came, once the process is gone: OOM counter, our timeout, an exit."""
         slot = self.slot  # stop() (at shutdown) may release it while this runs
         assert slot is not None and self._exit is not None

@@ -19,7 +19,6 @@ import logging
 import os
 import shutil
 import socket
-import struct
 import sys
 import tempfile
 import zlib
@@ -27,6 +26,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 
+from invoker.channel import FRAME
 from invoker.runtimes import is_exec_runtime
 from invoker.sandboxes import cgroup, probe
 from invoker.sandboxes.netfilter import NftFilter
@@ -63,7 +63,6 @@ UID_RANGES = 800
 REPLENISH_DELAY_S = 0.05
 #: In a sandbox's working directory: its full scope (the directory's name has 40 characters of it).
 SCOPE_FILE = ".scope"
-_FRAME = struct.Struct(">II")
 
 
 async def _recv_exact(sock: socket.socket, size: int) -> bytes:
@@ -367,7 +366,7 @@ class ZygoteSandbox:
             async with asyncio.timeout(STEM_CELL_READY_S):
                 cell.pid = await spawned
                 ours.setblocking(False)
-                header_len, body_len = _FRAME.unpack(await _recv_exact(ours, _FRAME.size))
+                header_len, body_len = FRAME.unpack(await _recv_exact(ours, FRAME.size))
                 ready = json.loads(await _recv_exact(ours, header_len + body_len))
             if ready.get("type") != "ready":
                 raise OSError(0, f"a stem cell said {ready.get('type')!r} instead of ready")
