@@ -554,6 +554,7 @@ class WorkerPool:
             self._scaling.pop(name, None)
             self._floored.discard(name)
             self.policy.forget(name)
+        self._drop_unused_stem_cells()
         self._wake.set()
 
     def set_invokers(self, invokers: list[InvokerInfo]) -> None:
@@ -740,6 +741,15 @@ class WorkerPool:
         elif not self._hand_over(worker):
             self._park(worker, worker.last_used if until is None else until, windows)
         return True
+
+    def _drop_unused_stem_cells(self) -> None:
+        """Stop the stem cells of sizes (memory, egress) no deployed function of an exec'd
+        runtime has any more: deleted, or deployed again with another size."""
+        sizes = {(s.function.spec.memory_mb, s.function.spec.egress) for s in self._scaling.values()
+                 if is_exec_runtime(s.function.spec.runtime)}
+        dropped = self.sandbox.drop_stem_cells(lambda key: (key[1], key[2]) in sizes)
+        if dropped:
+            log.info("stopped %d stem cells of sizes no deployed function has", dropped)
 
     async def _ready_stem_cell(self, fn: Function) -> None:
         """Have a stem cell of ``fn``'s size ready before its first call (for the first few

@@ -185,8 +185,10 @@ class ZygoteMaster:
         """Stop the master (the zygotes it forked die with it). Idempotent."""
         with contextlib.suppress(ProcessLookupError):
             self.process.kill()
-        await self.process.wait()
-        self._control.close()
+        try:
+            await self.process.wait()
+        finally:  # also when cancelled while it waits
+            self._control.close()
 
 
 def _popen(interpreter: str, args: list[str]) -> tuple[_Process, socket.socket]:
@@ -336,11 +338,15 @@ class Zygote:
         and reap it. Idempotent."""
         with contextlib.suppress(ProcessLookupError):
             self.process.kill()
-        await self.process.wait()
-        self._reader.cancel()
+        try:
+            await self.process.wait()
+        finally:
+            # Also when cancelled while it waits (a sandbox closing while a slot is being
+            # destroyed): the control socket closes as soon as its reader has stopped.
+            self._reader.cancel()
+            self._reader.add_done_callback(lambda _: self._control.close())
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
-        self._control.close()
 
 
 def decode_status(status: int) -> int:

@@ -22,7 +22,7 @@ import socket
 import sys
 import tempfile
 import zlib
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,6 +137,9 @@ class ZygoteSandbox:
         self._masters: dict[str, ZygoteMaster] = {}
         self._master_lock: asyncio.Lock | None = None
         self._cells_starting: collections.Counter[tuple[str, int, str]] = collections.Counter()
+        #: Keys whose stem cells were dropped (:meth:`drop_stem_cells`): one still starting
+        #: then is stopped as soon as it is ready.
+        self._cells_unwanted: set[tuple[str, int, str]] = set()
 
     @classmethod
     def create(cls, tier: str, host: probe.HostLayers, *, scope: str, tmp_mb: int | None = None,
@@ -340,6 +343,7 @@ class ZygoteSandbox:
         ``STEM_CELL_SIZES_AHEAD`` sizes have some. Whether ``key`` has or gets some."""
         if not self.stem_cells_supported:
             return False
+        self._cells_unwanted.discard(key)
         kept = {k for k, cells in self._cells.items() if cells} | {k for k, n in self._cells_starting.items() if n}
         if ahead and key not in kept and len(kept) >= STEM_CELL_SIZES_AHEAD:
             return False
@@ -347,6 +351,20 @@ class ZygoteSandbox:
             self._cells_starting[key] += 1
             self._spawn_task(self._start_cell(key, launch))
         return True
+
+    def drop_stem_cells(self, wanted: Callable[[tuple[str, int, str]], bool]) -> int:
+        """Stop, in the background, the stem cells whose key is not ``wanted`` (no deployed
+        function can adopt them any more: each holds a slot and a started runtime), and those
+        still starting once they are ready; return how many were ready."""
+        dropped = 0
+        for key in [k for k in (*self._cells, *self._cells_starting) if not wanted(k)]:
+            cells = self._cells.pop(key, [])
+            for cell in cells:
+                self._spawn_task(self._discard_cell(cell))
+            dropped += len(cells)
+            if self._cells_starting[key]:
+                self._cells_unwanted.add(key)
+        return dropped
 
     async def _start_cell(self, key: tuple[str, int, str], launch: Launch) -> None:
         slot: ZygoteSlot | None = None
@@ -370,6 +388,9 @@ class ZygoteSandbox:
                 ready = json.loads(await _recv_exact(ours, header_len + body_len))
             if ready.get("type") != "ready":
                 raise OSError(0, f"a stem cell said {ready.get('type')!r} instead of ready")
+            if key in self._cells_unwanted:  # dropped while it started
+                await self._discard_cell(cell)
+                return
             self._cells.setdefault(key, []).append(cell)
         except (OSError, TimeoutError, ValueError) as exc:
             log.warning("cannot start a stem cell for %s: %s", key, exc)

@@ -118,6 +118,55 @@ async def test_a_deployed_node_function_has_a_stem_cell_of_its_size_before_its_f
     await pool.settle()
 
 
+async def test_stem_cells_of_a_size_no_deployed_function_has_are_stopped(
+        pool: RecordingPool, sandbox: Sandbox, node: str) -> None:
+    if not sandbox.stem_cells_supported:
+        pytest.skip(f"tier {sandbox.tier} has no stem cells (its Landlock rules are fixed before exec)")
+
+    async def interpreter(runtime: str) -> str | None:
+        return node if runtime == "nodejs20" else None
+
+    def deployed(name: str, memory_mb: int, revision: int = 1) -> FunctionChange:
+        return FunctionChange(ChangeType.PUT, revision, Function(FunctionSpec(
+            name=name, runtime="nodejs20", handler="index.handler", memory_mb=memory_mb), revision=revision))
+
+    async def ready_sizes(expected: set[int]) -> set[int]:
+        for _ in range(200):
+            sizes = {key[1] for key, cells in sandbox._cells.items() if cells}
+            if sizes == expected and not sandbox._cells_starting.total():
+                break
+            await asyncio.sleep(0.05)
+        return sizes
+
+    pool.interpreters = interpreter
+    pool.on_function_change(deployed("a", 256))
+    pool.on_function_change(deployed("b", 320))
+    assert await ready_sizes({256, 320}) == {256, 320}
+    (resized,) = [cell.pid for cell in sandbox._cells[next(k for k in sandbox._cells if k[1] == 256)]]
+
+    pool.on_function_change(deployed("a", 384, revision=2))  # a new size: 256 is nobody's now
+    assert await ready_sizes({320, 384}) == {320, 384}
+    pool.on_function_change(FunctionChange(ChangeType.DELETE, 3, Function(FunctionSpec(name="b"), revision=1)))
+    assert await ready_sizes({384}) == {384}
+
+    for _ in range(100):  # the stopped cells are gone, their slots back
+        if not _alive(resized):
+            break
+        await asyncio.sleep(0.05)
+    assert not _alive(resized)
+    pool.on_function_change(FunctionChange(ChangeType.DELETE, 4, Function(FunctionSpec(name="a"), revision=2)))
+    assert await ready_sizes(set()) == set()
+    await assert_clean(sandbox)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 async def test_only_the_first_few_sizes_get_a_stem_cell_ahead_of_a_cold_start(
         pool: RecordingPool, sandbox: Sandbox, node: str) -> None:
     if not sandbox.stem_cells_supported:
