@@ -538,6 +538,8 @@ class WorkerPool:
             self._decided(name, "retired", "retire %d idle workers of %s: %s", retired, name,
                           f"revision {newest} replaces them" if change.type is ChangeType.PUT else "deleted")
         self._prewarms.pop(name, None)
+        before = self._scaling.get(name)
+        was = _stem_cell_size(before.function) if before is not None else None
         if change.type is ChangeType.PUT:
             fn = change.function
             keep_s = fn.spec.keep_alive_s
@@ -554,7 +556,8 @@ class WorkerPool:
             self._scaling.pop(name, None)
             self._floored.discard(name)
             self.policy.forget(name)
-        self._drop_unused_stem_cells()
+        if was is not None and (change.type is ChangeType.DELETE or _stem_cell_size(change.function) != was):
+            self._drop_unused_stem_cells()  # that size may have lost its last function
         self._wake.set()
 
     def set_invokers(self, invokers: list[InvokerInfo]) -> None:
@@ -743,10 +746,9 @@ class WorkerPool:
         return True
 
     def _drop_unused_stem_cells(self) -> None:
-        """Stop the stem cells of sizes (memory, egress) no deployed function of an exec'd
-        runtime has any more: deleted, or deployed again with another size."""
-        sizes = {(s.function.spec.memory_mb, s.function.spec.egress) for s in self._scaling.values()
-                 if is_exec_runtime(s.function.spec.runtime)}
+        """Stop the stem cells of sizes no deployed function has any more (deleted, or
+        deployed again with another size)."""
+        sizes = {_stem_cell_size(s.function) for s in self._scaling.values()}
         dropped = self.sandbox.drop_stem_cells(lambda key: (key[1], key[2]) in sizes)
         if dropped:
             log.info("stopped %d stem cells of sizes no deployed function has", dropped)
@@ -790,6 +792,13 @@ class WorkerPool:
         for worker in list(self._members):
             self._discard(worker)
         await self.settle()
+
+
+def _stem_cell_size(fn: Function) -> tuple[int, str] | None:
+    """What a stem cell of ``fn``'s runtime is started for (memory MB, egress); None for a
+    runtime that has none (a forked one)."""
+    spec = fn.spec
+    return (spec.memory_mb, spec.egress) if is_exec_runtime(spec.runtime) else None
 
 
 def _expire(waiter: asyncio.Future[object]) -> None:

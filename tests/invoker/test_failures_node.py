@@ -154,7 +154,13 @@ async def test_stem_cells_of_a_size_no_deployed_function_has_are_stopped(
             break
         await asyncio.sleep(0.05)
     assert not _alive(resized)
+    kept = sandbox.stem_cell_pids()
+    pool.on_function_change(FunctionChange(ChangeType.RESET, 0))  # a replay after it stops nothing
+    pool.on_function_change(deployed("b", 320))
+    pool.on_function_change(deployed("a", 384, revision=2))
+    assert sandbox.stem_cell_pids() >= kept
     pool.on_function_change(FunctionChange(ChangeType.DELETE, 4, Function(FunctionSpec(name="a"), revision=2)))
+    pool.on_function_change(FunctionChange(ChangeType.DELETE, 4, Function(FunctionSpec(name="b"), revision=1)))
     assert await ready_sizes(set()) == set()
     await assert_clean(sandbox)
 
