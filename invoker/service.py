@@ -88,10 +88,7 @@ class InvokerServicer(pb_grpc.InvokerServicer):
         if spec is not None:  # warm: no runtime lookup, code-cache check or new spec
             return await self._pool.invoke(spec, request_id, payload, attempt, answers)
         runtime = fn.spec.runtime
-        if runtime in self._interpreters:
-            interpreter = self._interpreters.find(runtime)
-        else:
-            interpreter = await asyncio.to_thread(self._interpreters.find, runtime)
+        interpreter = await self.interpreter(runtime)
         if interpreter is None:
             # The function cannot even start here: like an init failure, it is the
             # function's result (FUNCTION_ERROR), not a crash and not a platform error.
@@ -108,14 +105,16 @@ class InvokerServicer(pb_grpc.InvokerServicer):
     async def worker_spec(self, fn: Function) -> WorkerSpec | None:
         """The worker spec of ``fn``, its code fetched, for a worker started ahead of any call
         (the pool's min_scale workers); None when its runtime is not available here."""
-        interpreter = await asyncio.to_thread(self._interpreters.find, fn.spec.runtime)
+        interpreter = await self.interpreter(fn.spec.runtime)
         if interpreter is None:
             return None
         return WorkerSpec.of(fn, await self._code.ensure(fn.spec.code_sha256), interpreter)
 
     async def interpreter(self, runtime: str) -> str | None:
         """The interpreter binary for ``runtime`` on this host, or None (the first lookup of a
-        runtime runs it: off the event loop)."""
+        runtime runs it: off the event loop; later ones are answered from its cache)."""
+        if runtime in self._interpreters:
+            return self._interpreters.find(runtime)
         return await asyncio.to_thread(self._interpreters.find, runtime)
 
     async def Invoke(self, request: pb.InvokeRequest, context: grpc.aio.ServicerContext) -> pb.InvokeResponse:
