@@ -39,10 +39,13 @@ class Channel(asyncio.Protocol):
         self._waiter: asyncio.Future[tuple[dict, bytes]] | None = None
         self._eof = False
         self._lost: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        self._lost = asyncio.get_running_loop().create_future()
+        # Kept: in Python 3.11 every asyncio.get_running_loop() is a getpid() system call.
+        self._loop = asyncio.get_running_loop()
+        self._lost = self._loop.create_future()
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
@@ -104,7 +107,7 @@ class Channel(asyncio.Protocol):
 
     async def exchange(self, frame: bytes | None, timeout: float) -> tuple[dict, bytes]:
         """Send ``frame`` (None: already sent), then wait for the reply, within ``timeout``."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
         timer = loop.call_later(timeout, self._expire)
         try:

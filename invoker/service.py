@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Callable
 
 import grpc
@@ -22,7 +21,7 @@ from invoker.worker import WorkerSpec
 from lamina import wire
 from lamina.core.errors import LaminaError
 from lamina.core.functions import Function
-from lamina.core.invocations import InvocationResult, Outcome
+from lamina.core.invocations import InvocationResult, Outcome, new_request_id
 from lamina.core.records import InvocationRecord
 from lamina.function_cache import FunctionCache
 from lamina.rpc import invoker_pb2 as pb
@@ -57,7 +56,7 @@ class InvokerServicer(pb_grpc.InvokerServicer):
         collected (``Worker.invoke``). A caller that sends the result on (the invocation
         stream) so does it off the invocation's critical path."""
         start = time.time()
-        request_id = request_id or str(uuid.uuid4())
+        request_id = request_id or new_request_id()
         fn = await self._functions.resolve(function, min_revision=revision)
         answered = billed = False
 

@@ -43,6 +43,8 @@ class _Connection(asyncio.Protocol):
         self._stream = stream
         self._servicer = stream.servicer
         self._transport: asyncio.Transport | None = None
+        # Kept: in Python 3.11 every asyncio.get_running_loop() is a getpid() system call.
+        self._loop = asyncio.get_running_loop()
         self._buffer = bytearray()
         #: Whether the gateway proved it holds the cluster token (always, without one).
         self._trusted = not stream.token
@@ -83,7 +85,7 @@ class _Connection(asyncio.Protocol):
             self._reply(pb.InvokeStreamFrame(tag=tag, error=pb.StreamError(
                 code=Unavailable.code, message=f"invoker {self._servicer.invoker_id} is shutting down")))
             return
-        task = asyncio.get_running_loop().create_task(self._invoke(tag, request))
+        task = self._loop.create_task(self._invoke(tag, request))
         self._stream.tasks.add(task)
         task.add_done_callback(self._stream.tasks.discard)
 

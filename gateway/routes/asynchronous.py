@@ -14,7 +14,6 @@ the final state is POSTed (``gateway.callbacks``).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
@@ -26,6 +25,7 @@ from gateway import responses
 from gateway.routes.http import METHODS, http_event_payload
 from gateway.routes.invoke import read_body, resolve
 from lamina.core.errors import InvalidSpec, LaminaError, LimitExceeded
+from lamina.core.invocations import new_request_id
 
 INVOCATION_ID = "X-Lamina-Invocation-Id"
 IDEMPOTENCY_KEY = "Idempotency-Key"
@@ -69,7 +69,7 @@ def _callback_url(headers: Mapping[str, str]) -> str:
 
 async def async_function_url(request: Request) -> Response:
     """Queue the request as an API Gateway 2.0 event for the function."""
-    request_id = str(uuid.uuid4())
+    request_id = new_request_id()
     name = request.path_params["name"]
     try:
         body = await read_body(request, request.app.state.settings.max_async_payload_bytes)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 
 from starlette.datastructures import State
 from starlette.responses import Response
@@ -28,7 +27,7 @@ from starlette.types import Receive, Scope, Send
 from gateway import events, responses
 from gateway.routes.invoke import receive_body, run
 from lamina.core.errors import LaminaError, Unauthenticated
-from lamina.core.invocations import InvocationResult, Outcome
+from lamina.core.invocations import InvocationResult, Outcome, new_request_id
 
 #: The route label of every function URL in the request metrics.
 TEMPLATE = "/function/{name}"
@@ -42,7 +41,7 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> int:
     Plain ASGI: no Starlette ``Request`` or ``Response`` on the way of a successful call
     (they cost this path a fifth of the gateway's CPU per invocation); errors use
     ``gateway.responses`` as every route does."""
-    request_id = str(uuid.uuid4())
+    request_id = new_request_id()
     state = scope["app"].state
     name = scope["path_params"]["name"]
     raw_headers = scope["headers"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 
 from fastapi import APIRouter, Request
 from starlette.datastructures import State
@@ -22,7 +21,7 @@ from gateway.concurrency import CallerGone, Throttled
 from gateway.schemas import ERRORS, ErrorBody
 from lamina.core.errors import InvalidSpec, LaminaError, LimitExceeded
 from lamina.core.functions import Function
-from lamina.core.invocations import InvocationResult
+from lamina.core.invocations import InvocationResult, new_request_id
 
 router = APIRouter(tags=["invocations"])
 
@@ -120,7 +119,7 @@ async def invoke(name: str, request: Request) -> Response:
     # Imported here: the async routes build on this module's helpers.
     from gateway.routes import asynchronous
 
-    request_id = str(uuid.uuid4())
+    request_id = new_request_id()
     state = request.app.state
     event = asynchronous.wants_event(request)
     try:

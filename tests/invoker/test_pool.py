@@ -68,6 +68,9 @@ async def test_success_passes_lambda_context_and_reuses_the_warm_worker(
     assert second.outcome is Outcome.SUCCESS
     assert not second.cold_start and second.init_duration_ms == 0
     assert json.loads(second.payload)["pid"] == body["pid"]
+    # The warm call's context carries the function's fields too (read once per worker).
+    assert {k: v for k, v in json.loads(second.payload).items() if k in ("function_name", "memory_limit_in_mb")} == {
+        "function_name": "ctx", "memory_limit_in_mb": 256}
     assert pool.warm_workers == 1 and pool.in_flight == 0
 
 
