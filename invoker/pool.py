@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from invoker.keepalive import KeepAlivePolicy, Windows
+from invoker.lines import MemoryLine, WorkerLines
 from invoker.metrics import InvokerMetrics
 from invoker.runtimes import is_exec_runtime
 from invoker.sandboxes import Sandbox
@@ -66,8 +67,6 @@ RETRY_MIN_S, RETRY_MAX_S = 1.0, 30.0
 #: Seconds within which a deadline counts as reached (timers may fire a little early).
 SLACK_S = 0.001
 _NEVER = math.inf
-#: What a waiter's future holds when its wait ran out.
-_TIMED_OUT = object()
 #: The window of a worker started for a floor: none of its own, it is kept by the floor only.
 _FLOOR = Windows(0.0, 0.0, "started for min_scale, which no longer needs it")
 
@@ -155,13 +154,11 @@ class WorkerPool:
         self._live: collections.Counter[str] = collections.Counter()
         self._count: collections.Counter[Key] = collections.Counter()
         self._reserved_mb = 0
-        #: Invocations waiting for a worker of their key (at max_scale), oldest first.
-        self._waiters: dict[Key, collections.deque[asyncio.Future[object]]] = {}
+        #: Invocations waiting for a worker of their key (at max_scale), and for memory.
+        self._lines: WorkerLines[Worker] = WorkerLines()
+        self._memory = MemoryLine()
         #: Invocations waiting (for a worker or for memory) per function.
         self._queued: collections.Counter[str] = collections.Counter()
-        self._memory_waiters = 0
-        #: Set (and replaced) when memory may have become available to a waiter.
-        self._changed = asyncio.Event()
         self._scaling: dict[str, _Scaling] = {}
         #: Functions with a floor here (home and min_scale > 0).
         self._floored: set[str] = set()
@@ -261,7 +258,7 @@ class WorkerPool:
                         return worker
                     self._discard(worker)
                 limit = self._max_scale(spec.function)
-                if self._count[key] >= limit or self._someone_waits(key):  # first come, first served
+                if self._count[key] >= limit or self._lines.someone_waits(key):  # first come, first served
                     if not queued:
                         queued = self._enqueue(spec.function, limit)
                     worker = await self._wait_for_worker(key, deadline, spec, limit)
@@ -299,52 +296,25 @@ class WorkerPool:
                           function, limit)
         return True
 
-    def _someone_waits(self, key: Key) -> bool:
-        line = self._waiters.get(key)
-        while line and line[0].done():  # timed out or cancelled, not yet gone
-            line.popleft()
-        return bool(line)
-
     async def _wait_for_worker(self, key: Key, deadline: float, spec: WorkerSpec, limit: int) -> Worker | None:
         """Wait in line for a worker of ``key``: the worker handed over, or None when a worker
-        of the key went away (the caller may start one now)."""
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[object] = loop.create_future()
-        line = self._waiters.setdefault(key, collections.deque())
-        line.append(waiter)
-        timer = loop.call_at(deadline, _expire, waiter)
+        of the key went away (the caller may start one now). Cancelled (the caller went away),
+        a worker handed over meanwhile goes on to the next in line or to idle."""
         try:
-            outcome = await waiter
-        except BaseException:
-            # Cancelled (the caller went away): a worker handed over meanwhile goes on.
-            handed = None if waiter.cancelled() else waiter.result()
-            if isinstance(handed, Worker):
-                self._return(handed)
-            else:
-                _leave(self._waiters, key, waiter)
-            raise
-        finally:
-            timer.cancel()
-        if outcome is _TIMED_OUT:
-            _leave(self._waiters, key, waiter)
+            return await self._lines.wait(key, deadline, abandoned=self._return)
+        except TimeoutError:
             raise LimitExceeded(
                 f"function {spec.function} is at its max_scale of {limit} busy workers on invoker "
-                f"{self.invoker_id}: no worker was released within its timeout of {spec.timeout_s:g} s")
-        return outcome if isinstance(outcome, Worker) else None
+                f"{self.invoker_id}: no worker was released within its timeout of {spec.timeout_s:g} s") from None
 
     async def _wait_for_memory(self, deadline: float, spec: WorkerSpec) -> None:
-        changed = self._changed
-        self._memory_waiters += 1
         try:
-            async with asyncio.timeout_at(deadline):
-                await changed.wait()
+            await self._memory.wait(deadline)
         except TimeoutError:
             raise LimitExceeded(
                 f"invoker {self.invoker_id} has no memory for another {spec.memory_mb} MB worker: "
                 f"{self._reserved_mb} of {self.memory_capacity_mb} MB are held by busy workers"
             ) from None
-        finally:
-            self._memory_waiters -= 1
 
     def _fits(self, memory_mb: int) -> bool:
         return not self.memory_capacity_mb or self._reserved_mb + memory_mb <= self.memory_capacity_mb
@@ -404,11 +374,6 @@ class WorkerPool:
         self._gauge(spec.function)
         return worker
 
-    def _notify(self) -> None:
-        """Wake every caller waiting for memory."""
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
-
     def _keepable(self, worker: Worker) -> bool:
         spec = worker.spec
         return worker.reusable and not self._closed and spec.revision >= self._latest.get(spec.function, 0)
@@ -422,9 +387,9 @@ class WorkerPool:
     def _return(self, worker: Worker) -> None:
         """A reusable worker is free: to the longest waiter of its key, else idle until its
         keep-alive window ends (or stopped now when the window starts with a pre-warm)."""
-        if self._hand_over(worker):
-            return
         spec = worker.spec
+        if self._lines.hand_over((spec.function, spec.revision), worker):
+            return
         key = (spec.function, spec.revision)
         scaling = self._scaling.get(spec.function)
         if scaling is not None and scaling.override is not None:
@@ -437,24 +402,14 @@ class WorkerPool:
         else:
             self._park(worker, end + windows.keep_alive_s, windows)
 
-    def _hand_over(self, worker: Worker) -> bool:
-        """Give ``worker`` to the longest waiter of its key, if any."""
-        line = self._waiters.get((worker.spec.function, worker.spec.revision))
-        while line:
-            waiter = line.popleft()
-            if not waiter.done():
-                waiter.set_result(worker)
-                return True
-        return False
-
     def _park(self, worker: Worker, until: float, windows: Windows | None) -> None:
         spec = worker.spec
         self._idle[(spec.function, spec.revision)].append(worker)
         self._expiry[worker] = (until, windows)
         if until < self._next_wake:
             self._wake.set()
-        if self._memory_waiters:
-            self._notify()
+        if self._memory.waiting:
+            self._memory.notify()
 
     def _unload(self, worker: Worker, windows: Windows) -> None:
         """The hybrid policy's gap: no worker until ``prewarm_s`` after this call ended."""
@@ -489,14 +444,9 @@ class WorkerPool:
                     del self._count[key]
                 self._reserved_mb -= spec.memory_mb
                 self._gauge(spec.function)
-                line = self._waiters.get(key)
-                while line:  # a worker of the key may start now: the longest waiter's turn
-                    waiter = line.popleft()
-                    if not waiter.done():
-                        waiter.set_result(None)
-                        break
-                if self._memory_waiters:
-                    self._notify()
+                self._lines.make_way(key)  # a worker of the key may start now: the longest waiter's turn
+                if self._memory.waiting:
+                    self._memory.notify()
                 if spec.function in self._floored:
                     self._wake.set()
 
@@ -715,7 +665,7 @@ class WorkerPool:
         failed; None when there was no memory for it. Never waits for memory: it evicts
         (``evict``; never a floor's workers) or gives up, and it leaves freed memory to the
         invocations waiting for it."""
-        if self._closed or self._memory_waiters:
+        if self._closed or self._memory.waiting:
             return None
         if not self._fits(spec.memory_mb):
             victims = self._victims(spec, protected_too=False) if evict else []
@@ -741,7 +691,7 @@ class WorkerPool:
         worker.last_used = time.monotonic()
         if not self._keepable(worker):
             await self._stop(worker)  # superseded by a new revision meanwhile: not the function's failure
-        elif not self._hand_over(worker):
+        elif not self._lines.hand_over((spec.function, spec.revision), worker):
             self._park(worker, worker.last_used if until is None else until, windows)
         return True
 
@@ -781,12 +731,8 @@ class WorkerPool:
         """Stop every worker, busy ones included (their invocations end as crashed), and wait
         until all are gone. The pool accepts no invocation afterwards. Idempotent."""
         self._closed = True
-        self._notify()
-        for line in self._waiters.values():
-            for waiter in line:
-                if not waiter.done():
-                    waiter.set_result(None)  # to see the pool closed
-        self._waiters.clear()
+        self._memory.notify()
+        self._lines.close()  # the waiters see the pool closed
         await cancel_all(self._background)
         self._idle.clear()
         for worker in list(self._members):
@@ -799,20 +745,3 @@ def _stem_cell_size(fn: Function) -> tuple[int, str] | None:
     runtime that has none (a forked one)."""
     spec = fn.spec
     return (spec.memory_mb, spec.egress) if is_exec_runtime(spec.runtime) else None
-
-
-def _expire(waiter: asyncio.Future[object]) -> None:
-    if not waiter.done():
-        waiter.set_result(_TIMED_OUT)
-
-
-def _leave(waiters: dict[Key, collections.deque[asyncio.Future[object]]], key: Key,
-           waiter: asyncio.Future[object]) -> None:
-    line = waiters.get(key)
-    if line is not None:
-        try:
-            line.remove(waiter)
-        except ValueError:
-            pass
-        if not line:
-            del waiters[key]
