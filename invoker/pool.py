@@ -27,6 +27,9 @@ Scaling (docs/architecture.md, "Scaling"):
 
 One background task, :meth:`WorkerPool.run`, does everything time-driven: it sleeps until
 the next window end, pre-warm or retry is due, or until a change wakes it.
+
+The waits are ``invoker/lines.py``; what the pool follows of each function (newest
+revision, max_scale, own keep-alive, home or not) is ``invoker/scaling.py``.
 """
 
 from __future__ import annotations
@@ -46,13 +49,13 @@ from invoker.lines import MemoryLine, WorkerLines
 from invoker.metrics import InvokerMetrics
 from invoker.runtimes import is_exec_runtime
 from invoker.sandboxes import Sandbox
+from invoker.scaling import Scaling, ScalingTable
 from invoker.worker import LogSink, Worker, WorkerSpec, stem_cell_launch
 from lamina.controller_client import ChangeType, FunctionChange
 from lamina.core.errors import LaminaError, LimitExceeded, Unavailable
 from lamina.core.fleet import InvokerInfo, InvokerLoad
-from lamina.core.functions import MAX_SCALE_DEFAULT, Function
+from lamina.core.functions import Function
 from lamina.core.invocations import InvocationResult
-from lamina.core.ring import HashRing
 from lamina.lifecycle import cancel_all
 
 log = logging.getLogger(__name__)
@@ -83,29 +86,6 @@ class KeepAlive(Protocol):
 
     def forget(self, function: str) -> None:
         """``function`` was deleted; unknown names are ignored."""
-
-
-@dataclass
-class _Scaling:
-    """What the pool knows of one function from the function cache."""
-
-    function: Function
-    #: The function's own keep-alive as windows; None: the policy decides.
-    override: Windows | None
-    #: Whether this invoker is the function's home, where its min_scale workers live.
-    home: bool = False
-    #: min_scale starts under way, not yet counted as workers.
-    pending: int = 0
-    #: Failed min_scale starts in a row, and when the next may be tried (monotonic s).
-    failures: int = 0
-    retry_at: float = 0.0
-    #: The last start found no memory: retries are not logged as new decisions.
-    starved: bool = False
-
-    @property
-    def floor(self) -> int:
-        """Workers of the current revision to keep here."""
-        return self.function.spec.min_scale if self.home else 0
 
 
 @dataclass(frozen=True)
@@ -147,9 +127,6 @@ class WorkerPool:
         #: When each idle worker's keep-alive ends (monotonic s), and the windows that said so.
         self._expiry: dict[Worker, tuple[float, Windows | None]] = {}
         self._busy: set[Worker] = set()
-        #: The newest revision the function cache reported per function (deleted: the
-        #: delete's revision), so a worker of an older one is never returned to idle.
-        self._latest: dict[str, int] = {}
         self._members: set[Worker] = set()
         self._live: collections.Counter[str] = collections.Counter()
         self._count: collections.Counter[Key] = collections.Counter()
@@ -159,11 +136,9 @@ class WorkerPool:
         self._memory = MemoryLine()
         #: Invocations waiting (for a worker or for memory) per function.
         self._queued: collections.Counter[str] = collections.Counter()
-        self._scaling: dict[str, _Scaling] = {}
-        #: Functions with a floor here (home and min_scale > 0).
-        self._floored: set[str] = set()
-        self._ring: HashRing | None = None
-        self._ring_ids: tuple[str, ...] = ()
+        #: The functions followed: newest revisions (a worker of an older one is never
+        #: returned to idle), max_scale, own keep-alive, floors.
+        self._scaling = ScalingTable(invoker_id, self.policy.windows)
         #: Per function: when to pre-warm (monotonic s), until when to keep it, with what.
         self._prewarms: dict[str, tuple[float, float, WorkerSpec, Windows]] = {}
         #: Wakes :meth:`run`; ``_next_wake`` is when it will wake by itself.
@@ -257,7 +232,7 @@ class WorkerPool:
                     if worker.reusable:
                         return worker
                     self._discard(worker)
-                limit = self._max_scale(spec.function)
+                limit = self._scaling.max_scale(spec.function)
                 if self._count[key] >= limit or self._lines.someone_waits(key):  # first come, first served
                     if not queued:
                         queued = self._enqueue(spec.function, limit)
@@ -283,10 +258,6 @@ class WorkerPool:
             if queued:
                 self._queued[spec.function] -= 1
                 self.metrics.queued.labels(spec.function).set(self._queued[spec.function])
-
-    def _max_scale(self, function: str) -> int:
-        scaling = self._scaling.get(function)
-        return scaling.function.spec.max_scale if scaling is not None else MAX_SCALE_DEFAULT
 
     def _enqueue(self, function: str, limit: int) -> bool:
         self._queued[function] += 1
@@ -319,10 +290,6 @@ class WorkerPool:
     def _fits(self, memory_mb: int) -> bool:
         return not self.memory_capacity_mb or self._reserved_mb + memory_mb <= self.memory_capacity_mb
 
-    def _floor(self, key: Key) -> int:
-        scaling = self._scaling.get(key[0])
-        return scaling.floor if scaling is not None and scaling.function.revision == key[1] else 0
-
     def _victims(self, spec: WorkerSpec, *, protected_too: bool) -> list[Worker]:
         """Idle workers to stop, least recently used first, so that ``spec.memory_mb`` more
         fits; none when even all of them would not make enough room (they stay warm, and the
@@ -333,7 +300,7 @@ class WorkerPool:
         background start. A request that is here now beats a worker kept for one that may
         come; the floor is restored as soon as memory frees (``_stop`` wakes the floors)."""
         need = self._reserved_mb + spec.memory_mb - self.memory_capacity_mb
-        spare = {key: self._count[key] - self._floor(key) for key, ws in self._idle.items() if ws}
+        spare = {key: self._count[key] - self._scaling.floor(key) for key, ws in self._idle.items() if ws}
         free: list[Worker] = []
         floors: list[Worker] = []
         for worker in sorted((w for ws in self._idle.values() for w in ws), key=lambda w: w.last_used):
@@ -356,7 +323,8 @@ class WorkerPool:
         for worker in chosen:
             function = worker.spec.function
             if worker in gave_way:  # a floor made room for this call: not restarted at once to take it back
-                scaling = self._scaling[function]
+                scaling = self._scaling.get(function)
+                assert scaling is not None  # only a followed function has a floor
                 scaling.retry_at = max(scaling.retry_at, now + RETRY_MIN_S)
             self._idle[(function, worker.spec.revision)].remove(worker)
             self.metrics.evictions.labels(function).inc()
@@ -376,7 +344,7 @@ class WorkerPool:
 
     def _keepable(self, worker: Worker) -> bool:
         spec = worker.spec
-        return worker.reusable and not self._closed and spec.revision >= self._latest.get(spec.function, 0)
+        return worker.reusable and not self._closed and spec.revision >= self._scaling.latest(spec.function)
 
     async def _release(self, worker: Worker) -> None:
         if self._keepable(worker):
@@ -447,7 +415,7 @@ class WorkerPool:
                 self._lines.make_way(key)  # a worker of the key may start now: the longest waiter's turn
                 if self._memory.waiting:
                     self._memory.notify()
-                if spec.function in self._floored:
+                if self._scaling.has_floor(spec.function):
                     self._wake.set()
 
     def _gauge(self, function: str) -> None:
@@ -464,21 +432,18 @@ class WorkerPool:
         """Function-cache listener: retire idle workers of revisions that are no longer
         current, and follow the function's scaling settings."""
         if change.type is ChangeType.RESET:
-            # The controller's database was replaced: revisions start over, and the replay
-            # that follows says again which functions exist.
-            self._latest.clear()
-            self._scaling.clear()
-            self._floored.clear()
+            # The replay that follows says again which functions exist.
+            self._scaling.reset()
             self._prewarms.clear()
             self._wake.set()
             return
-        if change.function is None or change.type not in (ChangeType.PUT, ChangeType.DELETE):
+        before = self._scaling.get(change.function.name) if change.function is not None else None
+        was = _stem_cell_size(before.function) if before is not None else None  # before follow() updates it
+        newest = self._scaling.follow(change)
+        if newest is None:
             return
+        assert change.function is not None
         name = change.function.name
-        newest = change.function.revision if change.type is ChangeType.PUT else change.revision
-        if newest <= self._latest.get(name, 0):
-            return
-        self._latest[name] = newest
         retired = 0
         for key in [k for k in self._idle if k[0] == name and k[1] < newest]:
             for worker in self._idle.pop(key):
@@ -488,23 +453,11 @@ class WorkerPool:
             self._decided(name, "retired", "retire %d idle workers of %s: %s", retired, name,
                           f"revision {newest} replaces them" if change.type is ChangeType.PUT else "deleted")
         self._prewarms.pop(name, None)
-        before = self._scaling.get(name)
-        was = _stem_cell_size(before.function) if before is not None else None
         if change.type is ChangeType.PUT:
             fn = change.function
-            keep_s = fn.spec.keep_alive_s
-            override = self.policy.windows(name, override_s=float(keep_s)) if keep_s else None
-            scaling = self._scaling.get(name)
-            if scaling is None:
-                scaling = self._scaling[name] = _Scaling(fn, override)
-            else:
-                scaling.function, scaling.override, scaling.failures, scaling.retry_at = fn, override, 0, 0.0
-            self._place(scaling)
             if is_exec_runtime(fn.spec.runtime) and self.interpreters is not None:
                 self._spawn(self._ready_stem_cell(fn))
         else:
-            self._scaling.pop(name, None)
-            self._floored.discard(name)
             self.policy.forget(name)
         if was is not None and (change.type is ChangeType.DELETE or _stem_cell_size(change.function) != was):
             self._drop_unused_stem_cells()  # that size may have lost its last function
@@ -513,28 +466,8 @@ class WorkerPool:
     def set_invokers(self, invokers: list[InvokerInfo]) -> None:
         """The live invokers (the controller's list, refreshed with each heartbeat): which
         functions this invoker is home to, hence keeps min_scale workers of."""
-        ids = tuple(sorted(i.invoker_id for i in invokers))
-        if self._ring is not None and ids == self._ring_ids:
-            return
-        self._ring, self._ring_ids = HashRing(invokers), ids
-        for scaling in self._scaling.values():
-            self._place(scaling)
-        self._wake.set()
-
-    def _place(self, scaling: _Scaling) -> None:
-        """Whether this invoker is the function's home (only asked of functions with a floor)."""
-        name, min_scale = scaling.function.name, scaling.function.spec.min_scale
-        home = bool(min_scale) and self._ring is not None and self._ring.preference(name)[:1] == [self.invoker_id]
-        if home and name not in self._floored:
-            log.info("keep %d warm workers of %s (min_scale %d, home invoker)", min_scale, name, min_scale)
-        elif not home and name in self._floored:
-            log.info("stop keeping warm workers of %s here (%s)", name,
-                     "min_scale 0" if not min_scale else "no longer its home invoker")
-        scaling.home = home
-        if home:
-            self._floored.add(name)
-        else:
-            self._floored.discard(name)
+        if self._scaling.set_invokers(invokers):
+            self._wake.set()
 
     # time-driven scaling
 
@@ -577,7 +510,7 @@ class WorkerPool:
         stopped, next_at = 0, _NEVER
         for key, workers in list(self._idle.items()):
             live = self._count[key]
-            spare = live - self._floor(key)
+            spare = live - self._scaling.floor(key)
             keep = []
             for worker in workers:
                 until, windows = self._expiry.get(worker, (worker.last_used + self.idle_timeout_s, None))
@@ -608,7 +541,7 @@ class WorkerPool:
 
     def _prewarm(self, spec: WorkerSpec, until: float, windows: Windows, now: float) -> None:
         key = (spec.function, spec.revision)
-        if until <= now or self._count[key] or spec.revision < self._latest.get(spec.function, 0):
+        if until <= now or self._count[key] or spec.revision < self._scaling.latest(spec.function):
             return  # called again meanwhile (it has a worker), or replaced
         self._decided(spec.function, "prewarm", "pre-warm %s: start a worker, kept %.1f s (%s)", spec.function,
                       until - now, windows.reason)
@@ -617,8 +550,8 @@ class WorkerPool:
     def _keep_floors(self, now: float) -> float:
         """Start what the floors lack; return when a failed start may be retried."""
         next_at = _NEVER
-        for name in list(self._floored):
-            scaling = self._scaling[name]
+        for scaling in self._scaling.floored():
+            name = scaling.function.name
             lacking = scaling.floor - self._count[(name, scaling.function.revision)] - scaling.pending
             if lacking <= 0 or self.specs is None:
                 continue
@@ -632,7 +565,7 @@ class WorkerPool:
             self._spawn(self._start_floor(scaling, scaling.function, lacking))
         return next_at
 
-    async def _start_floor(self, scaling: _Scaling, fn: Function, count: int) -> None:
+    async def _start_floor(self, scaling: Scaling, fn: Function, count: int) -> None:
         started: list[bool | None] = [False]
         try:
             assert self.specs is not None
@@ -698,7 +631,7 @@ class WorkerPool:
     def _drop_unused_stem_cells(self) -> None:
         """Stop the stem cells of sizes no deployed function has any more (deleted, or
         deployed again with another size)."""
-        sizes = {_stem_cell_size(s.function) for s in self._scaling.values()}
+        sizes = {_stem_cell_size(s.function) for s in self._scaling.followed()}
         dropped = self.sandbox.drop_stem_cells(lambda key: (key[1], key[2]) in sizes)
         if dropped:
             log.info("stopped %d stem cells of sizes no deployed function has", dropped)

@@ -70,9 +70,11 @@ async def make_pool(sandbox: Sandbox) -> AsyncIterator[MakePool]:
 
 @pytest.fixture
 def decisions(caplog: pytest.LogCaptureFixture) -> Callable[[], list[str]]:
-    """The scaling decisions logged so far."""
-    caplog.set_level(logging.INFO, logger="invoker.pool")
-    return lambda: [r.getMessage() for r in caplog.records if r.name == "invoker.pool"]
+    """The scaling decisions logged so far (the pool's, and where the floors live)."""
+    loggers = ("invoker.pool", "invoker.scaling")
+    for logger in loggers:
+        caplog.set_level(logging.INFO, logger=logger)
+    return lambda: [r.getMessage() for r in caplog.records if r.name in loggers]
 
 
 def put(pool: WorkerPool, name: str, revision: int, **scaling: Any) -> Function:
