@@ -147,6 +147,9 @@ class WorkerPool:
         self._background: set[asyncio.Task[object]] = set()
         self._stopping: set[asyncio.Task[None]] = set()
         self._closed = False
+        #: A RESET's replay is under way: at its end (SYNCED) the stem cells of sizes it did
+        #: not bring back are stopped (a replay's changes alone stop none).
+        self._replaying = False
         self.metrics.busy_workers.source = self._busy_by_function
 
     # what the pool reports
@@ -435,7 +438,13 @@ class WorkerPool:
             # The replay that follows says again which functions exist.
             self._scaling.reset()
             self._prewarms.clear()
+            self._replaying = True
             self._wake.set()
+            return
+        if change.type is ChangeType.SYNCED:
+            if self._replaying:
+                self._replaying = False
+                self._drop_unused_stem_cells()
             return
         before = self._scaling.get(change.function.name) if change.function is not None else None
         was = _stem_cell_size(before.function) if before is not None else None  # before follow() updates it

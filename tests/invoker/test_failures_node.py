@@ -165,6 +165,42 @@ async def test_stem_cells_of_a_size_no_deployed_function_has_are_stopped(
     await assert_clean(sandbox)
 
 
+async def test_after_a_reset_the_replay_s_end_stops_the_stem_cells_of_sizes_it_did_not_bring_back(
+        pool: RecordingPool, sandbox: Sandbox, node: str) -> None:
+    if not sandbox.stem_cells_supported:
+        pytest.skip(f"tier {sandbox.tier} has no stem cells (its Landlock rules are fixed before exec)")
+
+    async def interpreter(runtime: str) -> str | None:
+        return node if runtime == "nodejs20" else None
+
+    def deployed(memory_mb: int) -> FunctionChange:
+        return FunctionChange(ChangeType.PUT, 1, Function(FunctionSpec(
+            name="a", runtime="nodejs20", handler="index.handler", memory_mb=memory_mb), revision=1))
+
+    async def ready_sizes(expected: set[int]) -> set[int]:
+        for _ in range(200):
+            sizes = {key[1] for key, cells in sandbox._cells.items() if cells}
+            if sizes == expected and not sandbox._cells_starting.total():
+                break
+            await asyncio.sleep(0.05)
+        return sizes
+
+    pool.interpreters = interpreter
+    pool.on_function_change(deployed(256))
+    assert await ready_sizes({256}) == {256}
+
+    # The controller's database was replaced; its replay brings the function back at another size.
+    pool.on_function_change(FunctionChange(ChangeType.RESET, 0))
+    pool.on_function_change(deployed(384))
+    assert await ready_sizes({256, 384}) == {256, 384}  # mid-replay: 256 may come back yet
+    pool.on_function_change(FunctionChange(ChangeType.SYNCED, 1))
+    assert await ready_sizes({384}) == {384}
+
+    pool.on_function_change(FunctionChange(ChangeType.DELETE, 2, Function(FunctionSpec(name="a"), revision=1)))
+    assert await ready_sizes(set()) == set()
+    await assert_clean(sandbox)
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as stat:
