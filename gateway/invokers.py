@@ -2,7 +2,8 @@
 invocation stream.
 
 Invocations travel on the invoker's stream (``gateway/stream.py``: framed protobuf over one
-persistent TCP connection, several times cheaper than a gRPC call) when its Health
+persistent connection, several times cheaper than a gRPC call; the invoker's unix socket
+when it shares this machine, else TCP) when its Health
 advertises one, else as gRPC ``Invoke``; everything else (Health, GetMetrics) is gRPC.
 Health is asked once per newly discovered invoker and again after its stream was lost (a
 restarted invoker may listen on another port).
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -77,6 +79,8 @@ class InvokerHealth:
     isolation: str
     #: host:port of its invocation stream; empty when it has none (invoke over gRPC).
     stream_address: str
+    #: Its stream's unix socket, for a gateway on the same machine; empty when it has none.
+    stream_socket: str = ""
 
 
 class _Connection:
@@ -148,7 +152,7 @@ class InvokerClients:
             msg = await conn.stub.Health(pb.InvokerHealthRequest(), timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             raise InvokerUnreachable(f"invoker at {conn.address} did not answer Health: {exc.details()}") from exc
-        conn.health = InvokerHealth(msg.invoker_id, msg.isolation, msg.stream_address)
+        conn.health = InvokerHealth(msg.invoker_id, msg.isolation, msg.stream_address, msg.stream_socket)
         return conn.health
 
     def _open_stream(self, conn: _Connection) -> asyncio.Task[InvokeStreamClient | None]:
@@ -176,20 +180,37 @@ class InvokerClients:
             target = conn.health.stream_address
             if not target:
                 return None
-            try:
-                stream = await asyncio.wait_for(InvokeStreamClient.connect(target, self._token),
-                                              self.connect_timeout)
-            except (OSError, ValueError, TimeoutError) as exc:
-                conn.health = None  # ask again next time: the invoker may have moved
-                raise InvokerUnreachable(
-                    f"invoker at {conn.address} is unreachable: its stream at {target} refused"
-                    f" ({exc or 'timeout'})") from exc
+            stream = await self._connect_unix(conn.health.stream_socket)
+            if stream is None:
+                try:
+                    stream = await asyncio.wait_for(InvokeStreamClient.connect(target, self._token),
+                                                  self.connect_timeout)
+                except (OSError, ValueError, TimeoutError) as exc:
+                    conn.health = None  # ask again next time: the invoker may have moved
+                    raise InvokerUnreachable(
+                        f"invoker at {conn.address} is unreachable: its stream at {target} refused"
+                        f" ({exc or 'timeout'})") from exc
         except InvokerUnreachable:
             conn.stream_failed_at = time.monotonic()
             raise
         conn.stream = stream
-        log.debug("invocation stream to %s open at %s", conn.address, target)
+        log.debug("invocation stream to %s open at %s", conn.address, stream.address)
         return stream
+
+    async def _connect_unix(self, path: str) -> InvokeStreamClient | None:
+        """The stream over the invoker's unix socket ``path``, when this gateway shares its
+        machine; None when it has none or it cannot be opened here (another machine or
+        container: no such file; the invoker is gone: refused), and TCP is used.
+
+        The path holds the invoker's id, unique in the fleet, so a socket there is that
+        invoker's: no other could have made it on this machine."""
+        if not path or not os.path.exists(path):
+            return None
+        try:
+            return await asyncio.wait_for(InvokeStreamClient.connect_unix(path, self._token), self.connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            log.info("invocation stream: cannot open the unix socket %s (%s); using TCP", path, exc or "timeout")
+            return None
 
     async def _stream(self, conn: _Connection, patient: bool) -> InvokeStreamClient | None:
         """The live stream to ``conn``'s invoker, connecting first if needed; None to use gRPC."""

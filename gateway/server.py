@@ -22,6 +22,7 @@ from gateway.balancer import Balancer
 from gateway.callbacks import Callbacks
 from gateway.cron import CronScheduler
 from gateway.dispatcher import Dispatcher
+from gateway.http1 import CoalescingHttpToolsProtocol
 from gateway.invokers import InvokerClients
 from gateway.metrics import GatewayMetrics
 from gateway.queues import open_queue
@@ -145,7 +146,7 @@ class GatewayServer:
                 on_enqueue=self.dispatcher.wake if self.dispatcher is not None else None, metrics=self.metrics)
         config = uvicorn.Config(
             function_url_fast_path(app, self.metrics), lifespan="off", access_log=False, log_config=None, server_header=False,
-            timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+            timeout_graceful_shutdown=SHUTDOWN_GRACE_S, http=CoalescingHttpToolsProtocol,
         )
         config.load()
         server = uvicorn.Server(config)

@@ -55,6 +55,13 @@ class InvokeStreamClient(asyncio.Protocol):
         _, client = await loop.create_connection(lambda: cls(address, token), host.strip("[]"), int(port))
         return client
 
+    @classmethod
+    async def connect_unix(cls, path: str, token: str = "") -> InvokeStreamClient:
+        """As :meth:`connect`, over the unix socket ``path`` (an invoker on this machine)."""
+        loop = asyncio.get_running_loop()
+        _, client = await loop.create_unix_connection(lambda: cls(f"unix:{path}", token), path)
+        return client
+
     @property
     def alive(self) -> bool:
         return self._transport is not None and not self._transport.is_closing()

@@ -26,7 +26,7 @@ from invoker.records import RecordShipper
 from invoker.runtimes import Interpreters
 from invoker.sandboxes import Sandbox, probe
 from invoker.service import InvokerServicer
-from invoker.stream import InvokeStream, start_stream
+from invoker.stream import InvokeStream, start_stream, stream_socket_path
 from lamina import wire
 from lamina.cluster_token import TokenCheck
 from lamina.controller_client import ControllerClient
@@ -125,8 +125,9 @@ class InvokerServer:
         if not self.port:
             raise Unavailable(f"invoker cannot listen on {s.invoker_listen}")
         self.address = s.invoker_advertise or _advertised(s.invoker_listen, self.port)
-        self._stream = await start_stream(servicer, s.invoker_stream_listen, s.invoker_listen, self.address,
-                                          s.cluster_token)
+        self._stream = await start_stream(
+            servicer, s.invoker_stream_listen, s.invoker_listen, self.address, s.cluster_token,
+            stream_socket_path(s.invoker_stream_socket, s.data_dir, self.invoker_id))
         await self._server.start()
         for job in (self.functions.run(), self._keep_registered(), self._shipper.run(), self._records.run(),
                     self.pool.run()):

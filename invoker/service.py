@@ -31,8 +31,10 @@ from lamina.rpc import invoker_pb2_grpc as pb_grpc
 class InvokerServicer(pb_grpc.InvokerServicer):
     """Invoke, Health and GetMetrics of one invoker."""
 
-    #: host:port of the invocation stream (``invoker.stream``), set once it listens.
+    #: host:port of the invocation stream (``invoker.stream``), set once it listens, and
+    #: its unix socket ("" for none).
     stream_address = ""
+    stream_socket = ""
 
     def __init__(self, invoker_id: str, isolation: str, functions: FunctionCache, code: CodeCache,
                  pool: WorkerPool, interpreters: Interpreters,
@@ -128,7 +130,7 @@ class InvokerServicer(pb_grpc.InvokerServicer):
                      context: grpc.aio.ServicerContext) -> pb.InvokerHealthResponse:
         return pb.InvokerHealthResponse(invoker_id=self.invoker_id, isolation=self.isolation,
                                         in_flight=self._pool.in_flight, warm_workers=self._pool.warm_workers,
-                                        stream_address=self.stream_address)
+                                        stream_address=self.stream_address, stream_socket=self.stream_socket)
 
     async def GetMetrics(self, request: pb.InvokerMetricsRequest,
                          context: grpc.aio.ServicerContext) -> pb.InvokerMetricsResponse:

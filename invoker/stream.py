@@ -1,6 +1,8 @@
 """The invocation stream: ``Invoke`` without gRPC, for the gateway's hot path.
 
-One persistent TCP connection per gateway carries many invocations at once. Each frame is a
+One persistent connection per gateway carries many invocations at once: TCP, or a unix
+socket for a gateway on the same machine (``stream_socket_path``; on loopback every TCP
+write also runs the receiver's TCP input path, on each call's latency). Each frame is a
 4-byte big-endian length and one serialised ``InvokeStreamFrame`` (proto/lamina/v1/
 invoker.proto); the gateway tags its requests and the invoker answers every tag exactly once,
 with the result (the function ran, whatever its outcome) or a ``StreamError`` carrying the
@@ -18,8 +20,12 @@ nowhere to go), as the gateway has already told its caller that the function may
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
+import os
+import re
+from pathlib import Path
 from typing import cast
 
 from invoker.service import InvokerServicer
@@ -143,20 +149,40 @@ class InvokeStream:
         #: The cluster token a connection must present (hello frame) before it may invoke.
         self.token = token
         self.port = 0
+        #: The unix socket it also listens on ("" for none).
+        self.socket_path = ""
         self.closing = False
         self.connections: set[_Connection] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
+        self._unix_server: asyncio.Server | None = None
 
-    async def start(self, listen: str) -> None:
-        """Bind ``listen`` (host:port, port 0 for any) and accept; ``Unavailable`` if it cannot."""
+    async def start(self, listen: str, socket_path: str = "") -> None:
+        """Bind ``listen`` (host:port, port 0 for any) and, with ``socket_path``, that unix
+        socket too, and accept; ``Unavailable`` if the TCP address cannot be bound. A unix
+        socket that cannot be made is logged and left out: the TCP stream serves everyone."""
         host, _, port = listen.rpartition(":")
+        loop = asyncio.get_running_loop()
         try:
-            self._server = await asyncio.get_running_loop().create_server(
+            self._server = await loop.create_server(
                 lambda: _Connection(self), host.strip("[]") or None, int(port), reuse_address=True)
         except (OSError, ValueError) as exc:
             raise Unavailable(f"invoker cannot listen for its invocation stream on {listen}: {exc}") from exc
         self.port = self._server.sockets[0].getsockname()[1]
+        if socket_path:
+            try:
+                # Only its owner may reach into the directory (the gateway of `lamina up` is
+                # the same user; a worker never is), so the socket is never open to others.
+                os.makedirs(os.path.dirname(socket_path), mode=0o700, exist_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(socket_path)  # a stale one, from an invoker that did not stop cleanly
+                self._unix_server = await loop.create_unix_server(lambda: _Connection(self), socket_path)
+            except OSError as exc:
+                log.warning("the invocation stream has no unix socket (%s: %s); gateways on this machine use "
+                            "TCP (LAMINA_INVOKER_STREAM_SOCKET names another path, e.g. a shorter one)",
+                            socket_path, exc)
+            else:
+                self.socket_path = socket_path
 
     async def close(self, grace: float | None = 5.0) -> None:
         """Stop accepting connections and invocations (new requests are answered
@@ -166,6 +192,11 @@ class InvokeStream:
         if self._server is not None:
             self._server.close()
             self._server = None
+        if self._unix_server is not None:
+            self._unix_server.close()
+            self._unix_server = None
+            with contextlib.suppress(OSError):
+                os.unlink(self.socket_path)
         if self.tasks:  # grace None: cancel at once, as the gRPC server's stop(None) does
             _, late = await asyncio.wait(set(self.tasks), timeout=grace or 0)
             for task in late:
@@ -178,16 +209,29 @@ class InvokeStream:
 
 
 async def start_stream(servicer: InvokerServicer, listen: str, invoker_listen: str,
-                       advertise: str, token: str = "") -> InvokeStream | None:
+                       advertise: str, token: str = "", socket_path: str = "") -> InvokeStream | None:
     """Start the stream on ``listen`` (empty: ``invoker_listen``'s host, any port; ``off``:
-    none) and tell ``servicer`` its address, with ``advertise``'s host (the address the
-    invoker registers), for Health to hand to the gateway. With ``token``, a connection
-    invokes only after a hello frame carrying it."""
+    none) and on the unix socket ``socket_path`` (empty: none), and tell ``servicer`` their
+    addresses, with ``advertise``'s host (the address the invoker registers), for Health to
+    hand to the gateway. With ``token``, a connection invokes only after a hello frame
+    carrying it."""
     if listen.strip().lower() == OFF:
         return None
     if not listen:
         listen = f"{invoker_listen.rpartition(':')[0]}:0"
     stream = InvokeStream(servicer, token)
-    await stream.start(listen)
+    await stream.start(listen, socket_path)
     servicer.stream_address = f"{advertise.rpartition(':')[0]}:{stream.port}"
+    servicer.stream_socket = stream.socket_path
     return stream
+
+
+def stream_socket_path(setting: str, data_dir: Path, invoker_id: str) -> str:
+    """The unix socket of LAMINA_INVOKER_STREAM_SOCKET (``setting``): "" for ``off``; by
+    default one per invoker under ``data_dir`` (its id made safe for a file name)."""
+    if setting.strip().lower() == OFF:
+        return ""
+    if setting:
+        return os.path.abspath(setting)
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", invoker_id)
+    return str(data_dir.resolve() / "run" / f"stream-{name}.sock")

@@ -241,6 +241,14 @@ class InvokerSettings(CommonSettings):
     and several invokers share a machine. Name a port where a firewall must allow it; `off`
     disables the stream (the gateway then invokes over gRPC)."""
 
+    invoker_stream_socket: str = ""
+    """LAMINA_INVOKER_STREAM_SOCKET: a unix socket the invocation stream listens on as well,
+    for a gateway on the same machine (`lamina up`): it skips loopback TCP, whose every write
+    runs the receiver's TCP input path, twice per call (docs/performance.md). The invoker
+    advertises it in Health beside the TCP address; a gateway that cannot open it (another
+    machine, another container) uses TCP. Empty means <data_dir>/run/stream-<invoker id>.sock
+    (its directory 0700); `off` means none."""
+
     invoker_id: str = ""
     """LAMINA_INVOKER_ID: this invoker's name in the fleet. Empty means hostname-pid."""
 

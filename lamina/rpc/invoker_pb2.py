@@ -24,33 +24,33 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17lamina/v1/invoker.proto\x12\tlamina.v1\"|\n\rInvokeRequest\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12\x11\n\tomit_logs\x18\x06 \x01(\x08\"\x87\x02\n\x0eInvokeResponse\x12#\n\x07outcome\x18\x01 \x01(\x0e\x32\x12.lamina.v1.Outcome\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x12\n\nerror_type\x18\x03 \x01(\t\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\x13\n\x0bstack_trace\x18\x05 \x03(\t\x12\x0c\n\x04logs\x18\x06 \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\x07 \x01(\x01\x12\x18\n\x10init_duration_ms\x18\x08 \x01(\x01\x12\x12\n\ncold_start\x18\t \x01(\x08\x12\x1a\n\x12max_memory_used_mb\x18\n \x01(\x03\x12\x12\n\ninvoker_id\x18\x0b \x01(\t\"\x16\n\x14InvokerHealthRequest\"\x7f\n\x15InvokerHealthResponse\x12\x12\n\ninvoker_id\x18\x01 \x01(\t\x12\x11\n\tisolation\x18\x02 \x01(\t\x12\x11\n\tin_flight\x18\x03 \x01(\x05\x12\x14\n\x0cwarm_workers\x18\x04 \x01(\x05\x12\x16\n\x0estream_address\x18\x05 \x01(\t\"\x17\n\x15InvokerMetricsRequest\"&\n\x16InvokerMetricsResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\"\xd6\x01\n\x11InvokeStreamFrame\x12\x0b\n\x03tag\x18\x01 \x01(\x04\x12+\n\x07request\x18\x02 \x01(\x0b\x32\x18.lamina.v1.InvokeRequestH\x00\x12-\n\x08response\x18\x03 \x01(\x0b\x32\x19.lamina.v1.InvokeResponseH\x00\x12\'\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x16.lamina.v1.StreamErrorH\x00\x12\'\n\x05hello\x18\x05 \x01(\x0b\x32\x16.lamina.v1.StreamHelloH\x00\x42\x06\n\x04\x62ody\"\x1c\n\x0bStreamHello\x12\r\n\x05token\x18\x01 \x01(\t\",\n\x0bStreamError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t*p\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0b\n\x07SUCCESS\x10\x01\x12\x12\n\x0e\x46UNCTION_ERROR\x10\x02\x12\x0b\n\x07\x43RASHED\x10\x03\x12\x11\n\rOUT_OF_MEMORY\x10\x04\x12\x0b\n\x07TIMEOUT\x10\x05\x32\xe8\x01\n\x07Invoker\x12=\n\x06Invoke\x12\x18.lamina.v1.InvokeRequest\x1a\x19.lamina.v1.InvokeResponse\x12K\n\x06Health\x12\x1f.lamina.v1.InvokerHealthRequest\x1a .lamina.v1.InvokerHealthResponse\x12Q\n\nGetMetrics\x12 .lamina.v1.InvokerMetricsRequest\x1a!.lamina.v1.InvokerMetricsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17lamina/v1/invoker.proto\x12\tlamina.v1\"|\n\rInvokeRequest\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12\x11\n\tomit_logs\x18\x06 \x01(\x08\"\x87\x02\n\x0eInvokeResponse\x12#\n\x07outcome\x18\x01 \x01(\x0e\x32\x12.lamina.v1.Outcome\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x12\n\nerror_type\x18\x03 \x01(\t\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\x13\n\x0bstack_trace\x18\x05 \x03(\t\x12\x0c\n\x04logs\x18\x06 \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\x07 \x01(\x01\x12\x18\n\x10init_duration_ms\x18\x08 \x01(\x01\x12\x12\n\ncold_start\x18\t \x01(\x08\x12\x1a\n\x12max_memory_used_mb\x18\n \x01(\x03\x12\x12\n\ninvoker_id\x18\x0b \x01(\t\"\x16\n\x14InvokerHealthRequest\"\x96\x01\n\x15InvokerHealthResponse\x12\x12\n\ninvoker_id\x18\x01 \x01(\t\x12\x11\n\tisolation\x18\x02 \x01(\t\x12\x11\n\tin_flight\x18\x03 \x01(\x05\x12\x14\n\x0cwarm_workers\x18\x04 \x01(\x05\x12\x16\n\x0estream_address\x18\x05 \x01(\t\x12\x15\n\rstream_socket\x18\x06 \x01(\t\"\x17\n\x15InvokerMetricsRequest\"&\n\x16InvokerMetricsResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\"\xd6\x01\n\x11InvokeStreamFrame\x12\x0b\n\x03tag\x18\x01 \x01(\x04\x12+\n\x07request\x18\x02 \x01(\x0b\x32\x18.lamina.v1.InvokeRequestH\x00\x12-\n\x08response\x18\x03 \x01(\x0b\x32\x19.lamina.v1.InvokeResponseH\x00\x12\'\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x16.lamina.v1.StreamErrorH\x00\x12\'\n\x05hello\x18\x05 \x01(\x0b\x32\x16.lamina.v1.StreamHelloH\x00\x42\x06\n\x04\x62ody\"\x1c\n\x0bStreamHello\x12\r\n\x05token\x18\x01 \x01(\t\",\n\x0bStreamError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t*p\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0b\n\x07SUCCESS\x10\x01\x12\x12\n\x0e\x46UNCTION_ERROR\x10\x02\x12\x0b\n\x07\x43RASHED\x10\x03\x12\x11\n\rOUT_OF_MEMORY\x10\x04\x12\x0b\n\x07TIMEOUT\x10\x05\x32\xe8\x01\n\x07Invoker\x12=\n\x06Invoke\x12\x18.lamina.v1.InvokeRequest\x1a\x19.lamina.v1.InvokeResponse\x12K\n\x06Health\x12\x1f.lamina.v1.InvokerHealthRequest\x1a .lamina.v1.InvokerHealthResponse\x12Q\n\nGetMetrics\x12 .lamina.v1.InvokerMetricsRequest\x1a!.lamina.v1.InvokerMetricsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lamina.v1.invoker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OUTCOME']._serialized_start=941
-  _globals['_OUTCOME']._serialized_end=1053
+  _globals['_OUTCOME']._serialized_start=965
+  _globals['_OUTCOME']._serialized_end=1077
   _globals['_INVOKEREQUEST']._serialized_start=38
   _globals['_INVOKEREQUEST']._serialized_end=162
   _globals['_INVOKERESPONSE']._serialized_start=165
   _globals['_INVOKERESPONSE']._serialized_end=428
   _globals['_INVOKERHEALTHREQUEST']._serialized_start=430
   _globals['_INVOKERHEALTHREQUEST']._serialized_end=452
-  _globals['_INVOKERHEALTHRESPONSE']._serialized_start=454
-  _globals['_INVOKERHEALTHRESPONSE']._serialized_end=581
-  _globals['_INVOKERMETRICSREQUEST']._serialized_start=583
-  _globals['_INVOKERMETRICSREQUEST']._serialized_end=606
-  _globals['_INVOKERMETRICSRESPONSE']._serialized_start=608
-  _globals['_INVOKERMETRICSRESPONSE']._serialized_end=646
-  _globals['_INVOKESTREAMFRAME']._serialized_start=649
-  _globals['_INVOKESTREAMFRAME']._serialized_end=863
-  _globals['_STREAMHELLO']._serialized_start=865
-  _globals['_STREAMHELLO']._serialized_end=893
-  _globals['_STREAMERROR']._serialized_start=895
-  _globals['_STREAMERROR']._serialized_end=939
-  _globals['_INVOKER']._serialized_start=1056
-  _globals['_INVOKER']._serialized_end=1288
+  _globals['_INVOKERHEALTHRESPONSE']._serialized_start=455
+  _globals['_INVOKERHEALTHRESPONSE']._serialized_end=605
+  _globals['_INVOKERMETRICSREQUEST']._serialized_start=607
+  _globals['_INVOKERMETRICSREQUEST']._serialized_end=630
+  _globals['_INVOKERMETRICSRESPONSE']._serialized_start=632
+  _globals['_INVOKERMETRICSRESPONSE']._serialized_end=670
+  _globals['_INVOKESTREAMFRAME']._serialized_start=673
+  _globals['_INVOKESTREAMFRAME']._serialized_end=887
+  _globals['_STREAMHELLO']._serialized_start=889
+  _globals['_STREAMHELLO']._serialized_end=917
+  _globals['_STREAMERROR']._serialized_start=919
+  _globals['_STREAMERROR']._serialized_end=963
+  _globals['_INVOKER']._serialized_start=1080
+  _globals['_INVOKER']._serialized_end=1312
 # @@protoc_insertion_point(module_scope)

@@ -69,18 +69,20 @@ class InvokerHealthRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InvokerHealthResponse(_message.Message):
-    __slots__ = ("invoker_id", "isolation", "in_flight", "warm_workers", "stream_address")
+    __slots__ = ("invoker_id", "isolation", "in_flight", "warm_workers", "stream_address", "stream_socket")
     INVOKER_ID_FIELD_NUMBER: _ClassVar[int]
     ISOLATION_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     WARM_WORKERS_FIELD_NUMBER: _ClassVar[int]
     STREAM_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_SOCKET_FIELD_NUMBER: _ClassVar[int]
     invoker_id: str
     isolation: str
     in_flight: int
     warm_workers: int
     stream_address: str
-    def __init__(self, invoker_id: _Optional[str] = ..., isolation: _Optional[str] = ..., in_flight: _Optional[int] = ..., warm_workers: _Optional[int] = ..., stream_address: _Optional[str] = ...) -> None: ...
+    stream_socket: str
+    def __init__(self, invoker_id: _Optional[str] = ..., isolation: _Optional[str] = ..., in_flight: _Optional[int] = ..., warm_workers: _Optional[int] = ..., stream_address: _Optional[str] = ..., stream_socket: _Optional[str] = ...) -> None: ...
 
 class InvokerMetricsRequest(_message.Message):
     __slots__ = ()

@@ -4,6 +4,7 @@ connection fails before or during a call. Real controller, invokers and gateway.
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -36,7 +37,9 @@ def own_stack(tmp_path: Path) -> Iterator[Stack]:
     s = start_stack(tmp_path, with_invoker=False)
     s.invoker = invoker_server.InvokerServer(InvokerSettings(
         data_dir=tmp_path / "invoker", controller_url=s.controller.address,
-        invoker_listen=f"127.0.0.1:{free_port()}", idle_timeout_s=60, invoker_id=f"own-{tmp_path.name}"))
+        invoker_listen=f"127.0.0.1:{free_port()}", idle_timeout_s=60, invoker_id=f"own-{tmp_path.name}",
+        # Named: the default, under data_dir and with this long id, passes a socket path's 108 bytes.
+        invoker_stream_socket=str(tmp_path / "stream.sock")))
     s.loop.run(s.invoker.start())
     s.servers.append(s.invoker)
     try:
@@ -87,6 +90,27 @@ def test_invocations_share_one_stream_connection(stack: Stack) -> None:
         t.join()
     assert sorted(r.json()["hello"] for r in results) == [f"n{i}" for i in range(8)]
     assert len(stack.invoker._stream.connections) == 1  # every call on the gateway's one connection
+
+
+def _families(stack: Stack) -> list[int]:
+    """The address family of each connection on the invoker's stream."""
+    assert stack.invoker is not None and stack.invoker._stream is not None
+    return [c._transport.get_extra_info("socket").family for c in stack.invoker._stream.connections]
+
+
+def test_a_gateway_on_the_invokers_machine_streams_over_its_unix_socket(stack: Stack) -> None:
+    _deploy(stack, "local")
+    assert _invoke(stack, "local", b'{"name": "unix"}').json() == {"hello": "unix"}
+    assert _families(stack) == [socket.AF_UNIX]
+
+
+def test_without_the_unix_socket_here_the_gateway_streams_over_tcp(own_stack: Stack) -> None:
+    assert own_stack.invoker is not None and own_stack.invoker._stream is not None
+    # As seen from another machine or container: the advertised path does not exist there.
+    Path(own_stack.invoker._stream.socket_path).unlink()
+    _deploy(own_stack, "remote")
+    assert _invoke(own_stack, "remote", b'{"name": "tcp"}').json() == {"hello": "tcp"}
+    assert _families(own_stack) == [socket.AF_INET]
 
 
 def test_healthz_lists_invokers_with_their_isolation_and_stays_200(stack: Stack) -> None:

@@ -4,6 +4,7 @@ raw frames on a plain socket, as the gateway's client sends them."""
 from __future__ import annotations
 
 import asyncio
+import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -42,6 +43,10 @@ class FrameSocket:
     async def open(cls, address: str) -> FrameSocket:
         host, _, port = address.rpartition(":")
         return cls(*await asyncio.open_connection(host, int(port)))
+
+    @classmethod
+    async def open_unix(cls, path: str) -> FrameSocket:
+        return cls(*await asyncio.open_unix_connection(path))
 
     def request(self, tag: int, function: str, payload: bytes, request_id: str = "") -> None:
         self.writer.write(encode(pb.InvokeStreamFrame(tag=tag, request=pb.InvokeRequest(
@@ -96,6 +101,43 @@ async def test_health_advertises_the_stream_on_the_invokers_host(invoker: Invoke
     host, _, port = health.stream_address.rpartition(":")
     assert host == "127.0.0.1" and int(port) not in (0, invoker.port)
     assert health.isolation
+
+
+async def test_the_stream_also_listens_on_a_unix_socket_only_its_owner_can_reach(invoker: InvokerServer,
+                                                                                 tmp_path: Path) -> None:
+    path = Path((await _health(invoker)).stream_socket)
+    assert path == (tmp_path / "invoker" / "run" / "stream-inv-stream.sock").resolve()
+    assert stat.S_ISSOCK(path.stat().st_mode)
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+    sock = await FrameSocket.open_unix(str(path))
+    try:
+        sock.request(1, "echo", b'{"n": 1}', request_id="req-unix")
+        (frame,) = await sock.frames(1)
+    finally:
+        await sock.close()
+    assert frame.tag == 1 and frame.response.outcome == pb.SUCCESS
+    assert wire.result_from_pb(frame.response).payload == b'{"echo": 1, "request_id": "req-unix"}'
+
+    await invoker.stop(0)
+    assert not path.exists()  # removed when the invoker stops
+
+
+async def test_a_unix_socket_that_cannot_be_made_leaves_the_tcp_stream(tmp_path: Path) -> None:
+    controller = controller_server.ControllerServer(ControllerSettings(
+        data_dir=tmp_path / "controller", controller_listen="127.0.0.1:0"))
+    await controller.start()
+    too_long = str(tmp_path / ("d" * 120) / "stream.sock")  # past a unix socket path's 108 bytes
+    server = InvokerServer(InvokerSettings(
+        data_dir=tmp_path / "invoker", controller_url=controller.address, invoker_listen="127.0.0.1:0",
+        invoker_stream_socket=too_long, isolation="process"))
+    await server.start()
+    try:
+        health = await _health(server)
+        assert health.stream_socket == "" and health.stream_address
+    finally:
+        await server.stop(0)
+        await controller.stop(grace=0)
 
 
 async def test_concurrent_invocations_share_one_connection_and_keep_their_tags(invoker: InvokerServer) -> None:
@@ -173,7 +215,8 @@ async def test_the_stream_can_be_turned_off(tmp_path: Path) -> None:
         invoker_stream_listen="off", isolation="process"))
     await server.start()
     try:
-        assert (await _health(server)).stream_address == ""
+        health = await _health(server)
+        assert health.stream_address == "" and health.stream_socket == ""
     finally:
         await server.stop(0)
         await controller.stop(grace=0)
