@@ -88,8 +88,10 @@ async def test_node_cold_starts_adopt_started_stem_cells_and_slots_are_reused(
         await assert_clean(sandbox)
 
 
-async def test_a_deployed_node_function_has_a_stem_cell_of_its_size_before_its_first_call(
-        pool: RecordingPool, sandbox: Sandbox, node: str, tmp_path: Path) -> None:
+@pytest.fixture
+def stem_cell_pool(pool: RecordingPool, sandbox: Sandbox, node: str) -> RecordingPool:
+    """``pool`` on a host with Node only, which starts stem cells as functions are deployed
+    (a tier without stem cells skips)."""
     if not sandbox.stem_cells_supported:
         pytest.skip(f"tier {sandbox.tier} has no stem cells (its Landlock rules are fixed before exec)")
 
@@ -97,6 +99,32 @@ async def test_a_deployed_node_function_has_a_stem_cell_of_its_size_before_its_f
         return node if runtime == "nodejs20" else None
 
     pool.interpreters = interpreter
+    return pool
+
+
+def _deployed(name: str, memory_mb: int, revision: int = 1) -> FunctionChange:
+    return FunctionChange(ChangeType.PUT, revision, Function(FunctionSpec(
+        name=name, runtime="nodejs20", handler="index.handler", memory_mb=memory_mb), revision=revision))
+
+
+def _deleted(name: str, revision: int, at: int) -> FunctionChange:
+    return FunctionChange(ChangeType.DELETE, at, Function(FunctionSpec(name=name), revision=revision))
+
+
+async def _ready_sizes(sandbox: Sandbox, expected: set[int]) -> set[int]:
+    """The memory sizes with a stem cell ready, once they are ``expected`` and none is still
+    starting (or after 10 s)."""
+    for _ in range(200):
+        sizes = {key[1] for key, cells in sandbox._cells.items() if cells}
+        if sizes == expected and not sandbox._cells_starting.total():
+            break
+        await asyncio.sleep(0.05)
+    return sizes
+
+
+async def test_a_deployed_node_function_has_a_stem_cell_of_its_size_before_its_first_call(
+        stem_cell_pool: RecordingPool, sandbox: Sandbox, node: str, tmp_path: Path) -> None:
+    pool = stem_cell_pool
     code = write_code(tmp_path / "code", {"index.js": NODE_APP})
     python = Function(FunctionSpec(name="py", memory_mb=256), revision=1)
     deployed = Function(FunctionSpec(name="njs", runtime="nodejs20", handler="index.handler", memory_mb=256),
@@ -119,35 +147,17 @@ async def test_a_deployed_node_function_has_a_stem_cell_of_its_size_before_its_f
 
 
 async def test_stem_cells_of_a_size_no_deployed_function_has_are_stopped(
-        pool: RecordingPool, sandbox: Sandbox, node: str) -> None:
-    if not sandbox.stem_cells_supported:
-        pytest.skip(f"tier {sandbox.tier} has no stem cells (its Landlock rules are fixed before exec)")
-
-    async def interpreter(runtime: str) -> str | None:
-        return node if runtime == "nodejs20" else None
-
-    def deployed(name: str, memory_mb: int, revision: int = 1) -> FunctionChange:
-        return FunctionChange(ChangeType.PUT, revision, Function(FunctionSpec(
-            name=name, runtime="nodejs20", handler="index.handler", memory_mb=memory_mb), revision=revision))
-
-    async def ready_sizes(expected: set[int]) -> set[int]:
-        for _ in range(200):
-            sizes = {key[1] for key, cells in sandbox._cells.items() if cells}
-            if sizes == expected and not sandbox._cells_starting.total():
-                break
-            await asyncio.sleep(0.05)
-        return sizes
-
-    pool.interpreters = interpreter
-    pool.on_function_change(deployed("a", 256))
-    pool.on_function_change(deployed("b", 320))
-    assert await ready_sizes({256, 320}) == {256, 320}
+        stem_cell_pool: RecordingPool, sandbox: Sandbox) -> None:
+    pool = stem_cell_pool
+    pool.on_function_change(_deployed("a", 256))
+    pool.on_function_change(_deployed("b", 320))
+    assert await _ready_sizes(sandbox, {256, 320}) == {256, 320}
     (resized,) = [cell.pid for cell in sandbox._cells[next(k for k in sandbox._cells if k[1] == 256)]]
 
-    pool.on_function_change(deployed("a", 384, revision=2))  # a new size: 256 is nobody's now
-    assert await ready_sizes({320, 384}) == {320, 384}
-    pool.on_function_change(FunctionChange(ChangeType.DELETE, 3, Function(FunctionSpec(name="b"), revision=1)))
-    assert await ready_sizes({384}) == {384}
+    pool.on_function_change(_deployed("a", 384, revision=2))  # a new size: 256 is nobody's now
+    assert await _ready_sizes(sandbox, {320, 384}) == {320, 384}
+    pool.on_function_change(_deleted("b", revision=1, at=3))
+    assert await _ready_sizes(sandbox, {384}) == {384}
 
     for _ in range(100):  # the stopped cells are gone, their slots back
         if not _alive(resized):
@@ -156,48 +166,30 @@ async def test_stem_cells_of_a_size_no_deployed_function_has_are_stopped(
     assert not _alive(resized)
     kept = sandbox.stem_cell_pids()
     pool.on_function_change(FunctionChange(ChangeType.RESET, 0))  # a replay after it stops nothing
-    pool.on_function_change(deployed("b", 320))
-    pool.on_function_change(deployed("a", 384, revision=2))
+    pool.on_function_change(_deployed("b", 320))
+    pool.on_function_change(_deployed("a", 384, revision=2))
     assert sandbox.stem_cell_pids() >= kept
-    pool.on_function_change(FunctionChange(ChangeType.DELETE, 4, Function(FunctionSpec(name="a"), revision=2)))
-    pool.on_function_change(FunctionChange(ChangeType.DELETE, 4, Function(FunctionSpec(name="b"), revision=1)))
-    assert await ready_sizes(set()) == set()
+    pool.on_function_change(_deleted("a", revision=2, at=4))
+    pool.on_function_change(_deleted("b", revision=1, at=4))
+    assert await _ready_sizes(sandbox, set()) == set()
     await assert_clean(sandbox)
 
 
 async def test_after_a_reset_the_replay_s_end_stops_the_stem_cells_of_sizes_it_did_not_bring_back(
-        pool: RecordingPool, sandbox: Sandbox, node: str) -> None:
-    if not sandbox.stem_cells_supported:
-        pytest.skip(f"tier {sandbox.tier} has no stem cells (its Landlock rules are fixed before exec)")
-
-    async def interpreter(runtime: str) -> str | None:
-        return node if runtime == "nodejs20" else None
-
-    def deployed(memory_mb: int) -> FunctionChange:
-        return FunctionChange(ChangeType.PUT, 1, Function(FunctionSpec(
-            name="a", runtime="nodejs20", handler="index.handler", memory_mb=memory_mb), revision=1))
-
-    async def ready_sizes(expected: set[int]) -> set[int]:
-        for _ in range(200):
-            sizes = {key[1] for key, cells in sandbox._cells.items() if cells}
-            if sizes == expected and not sandbox._cells_starting.total():
-                break
-            await asyncio.sleep(0.05)
-        return sizes
-
-    pool.interpreters = interpreter
-    pool.on_function_change(deployed(256))
-    assert await ready_sizes({256}) == {256}
+        stem_cell_pool: RecordingPool, sandbox: Sandbox) -> None:
+    pool = stem_cell_pool
+    pool.on_function_change(_deployed("a", 256))
+    assert await _ready_sizes(sandbox, {256}) == {256}
 
     # The controller's database was replaced; its replay brings the function back at another size.
     pool.on_function_change(FunctionChange(ChangeType.RESET, 0))
-    pool.on_function_change(deployed(384))
-    assert await ready_sizes({256, 384}) == {256, 384}  # mid-replay: 256 may come back yet
+    pool.on_function_change(_deployed("a", 384))
+    assert await _ready_sizes(sandbox, {256, 384}) == {256, 384}  # mid-replay: 256 may come back yet
     pool.on_function_change(FunctionChange(ChangeType.SYNCED, 1))
-    assert await ready_sizes({384}) == {384}
+    assert await _ready_sizes(sandbox, {384}) == {384}
 
-    pool.on_function_change(FunctionChange(ChangeType.DELETE, 2, Function(FunctionSpec(name="a"), revision=1)))
-    assert await ready_sizes(set()) == set()
+    pool.on_function_change(_deleted("a", revision=1, at=2))
+    assert await _ready_sizes(sandbox, set()) == set()
     await assert_clean(sandbox)
 
 
