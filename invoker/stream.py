@@ -171,12 +171,13 @@ class InvokeStream:
         self.port = self._server.sockets[0].getsockname()[1]
         if socket_path:
             try:
-                # Only its owner may reach into the directory (the gateway of `lamina up` is
-                # the same user; a worker never is), so the socket is never open to others.
+                # Only the invoker's user may reach into the directory and connect (the
+                # gateway of `lamina up` is that user; a sandboxed worker never is).
                 os.makedirs(os.path.dirname(socket_path), mode=0o700, exist_ok=True)
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(socket_path)  # a stale one, from an invoker that did not stop cleanly
                 self._unix_server = await loop.create_unix_server(lambda: _Connection(self), socket_path)
+                os.chmod(socket_path, 0o600)  # also where the directory is not its own
             except OSError as exc:
                 log.warning("the invocation stream has no unix socket (%s: %s); gateways on this machine use "
                             "TCP (LAMINA_INVOKER_STREAM_SOCKET names another path, e.g. a shorter one)",

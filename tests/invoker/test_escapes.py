@@ -4,7 +4,9 @@ each must fail inside the handler, observably, and the invoker and other workers
 from __future__ import annotations
 
 import json
+import shutil
 import socket
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -61,6 +63,12 @@ PROBE_APP = """
             return _try(lambda: os.kill(event["pid"], signal.SIGKILL))
         if do == "connect":
             return _try(lambda: _connect(event["host"], event["port"]))
+        if do == "connect_unix":
+            def connect_unix():
+                with socket.socket(socket.AF_UNIX) as conn:
+                    conn.connect(event["path"])
+                return "connected"
+            return _try(connect_unix)
         if do == "write":
             return {path: _try(lambda: _write(path)) for path in event["paths"]}
         if do == "unshare":
@@ -201,6 +209,29 @@ async def test_host_services_are_unreachable(pool: RecordingPool, tmp_path: Path
     assert isinstance(loopback, dict) and loopback.get("errno") in refused, loopback
     assert isinstance(own_address, dict) and own_address.get("errno") in refused, own_address
     assert _nobody_connected(server)
+
+
+async def test_the_invokers_stream_socket_is_unreachable(pool: RecordingPool, tmp_path: Path) -> None:
+    # As the invoker makes it (invoker/stream.py): in a 0700 directory of its own, here on
+    # the host's root file system rather than under /tmp (which every worker has its own of).
+    # Not in the worker's view of the file system (ENOENT); were it, the directory's mode
+    # would stop it (EACCES).
+    run = Path(tempfile.mkdtemp(prefix="lamina-escape-", dir="/var/tmp")) / "run"
+    run.mkdir(mode=0o700)
+    server = socket.socket(socket.AF_UNIX)
+    try:
+        server.bind(str(run / "stream.sock"))
+        server.listen()
+        server.settimeout(0.5)
+        spec = spec_for(write_code(tmp_path / "code", {"app.py": PROBE_APP}))
+
+        attempt = await _run(pool, spec, {"do": "connect_unix", "path": str(run / "stream.sock")})
+
+        assert attempt in ({"errno": "ENOENT"}, {"errno": "EACCES"}), attempt
+        assert _nobody_connected(server)
+    finally:
+        server.close()
+        shutil.rmtree(run.parent)
 
 
 async def test_nothing_outside_tmp_is_writable(pool: RecordingPool, cache: Path, tmp_path: Path) -> None:

@@ -107,7 +107,7 @@ async def test_the_stream_also_listens_on_a_unix_socket_only_its_owner_can_reach
                                                                                  tmp_path: Path) -> None:
     path = Path((await _health(invoker)).stream_socket)
     assert path == (tmp_path / "invoker" / "run" / "stream-inv-stream.sock").resolve()
-    assert stat.S_ISSOCK(path.stat().st_mode)
+    assert stat.S_ISSOCK(path.stat().st_mode) and stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
 
     sock = await FrameSocket.open_unix(str(path))
