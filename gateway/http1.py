@@ -38,7 +38,7 @@ class CoalescingTransport:
             self._loop.call_soon(self._flush)
             return
         self._held = None
-        self._transport.write(held + data)
+        self._transport.writelines((held, data))  # one writev, the body not copied
 
     def _flush(self) -> None:
         held, self._held = self._held, None

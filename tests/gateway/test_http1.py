@@ -21,6 +21,9 @@ class RecordingTransport(asyncio.Transport):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.writes.append(bytes(data))
 
+    def writelines(self, chunks) -> None:  # type: ignore[no-untyped-def]
+        self.writes.append(b"".join(chunks))  # one system call (writev)
+
     def is_closing(self) -> bool:
         return bool(self.ended)
 
