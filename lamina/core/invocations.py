@@ -69,7 +69,8 @@ class InvocationResult:
 
 class _RandomPool:
     """Random bytes drawn from the kernel 4 KB at a time (one system call per 256 ids); emptied
-    in a forked child, which must not repeat its parent's ids."""
+    in a forked child, which must not repeat its parent's ids. For the event loop's thread:
+    it takes no lock."""
 
     def __init__(self) -> None:
         self.data, self.used = b"", 0
