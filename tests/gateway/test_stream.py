@@ -98,17 +98,26 @@ def _families(stack: Stack) -> list[int]:
     return [c._transport.get_extra_info("socket").family for c in stack.invoker._stream.connections]
 
 
-def test_a_gateway_on_the_invokers_machine_streams_over_its_unix_socket(stack: Stack) -> None:
-    _deploy(stack, "local")
-    assert _invoke(stack, "local", b'{"name": "unix"}').json() == {"hello": "unix"}
-    assert _families(stack) == [socket.AF_UNIX]
-
-
-def test_without_the_unix_socket_here_the_gateway_streams_over_tcp(own_stack: Stack) -> None:
-    assert own_stack.invoker is not None and own_stack.invoker._stream is not None
-    # As seen from another machine or container: the advertised path does not exist there.
-    Path(own_stack.invoker._stream.socket_path).unlink()
+def test_the_gateway_streams_over_the_invokers_unix_socket_and_over_tcp_where_there_is_none(
+        own_stack: Stack) -> None:
+    stream = own_stack.invoker._stream if own_stack.invoker is not None else None
+    assert stream is not None
     _deploy(own_stack, "remote")
+    assert _invoke(own_stack, "remote", b'{"name": "unix"}').json() == {"hello": "unix"}
+    assert _families(own_stack) == [socket.AF_UNIX]  # on the invoker's machine
+
+    # As seen from another machine or container: the advertised path does not exist there.
+    Path(stream.socket_path).unlink()
+
+    async def drop() -> None:  # the gateway opens its stream again, asking Health again
+        for connection in list(stream.connections):
+            connection._transport.abort()
+
+    own_stack.loop.run(drop())
+    gateway_side = own_stack.gateway.invokers._connections[own_stack.invoker.address].stream
+    deadline = time.monotonic() + 10
+    while gateway_side is not None and gateway_side.alive and time.monotonic() < deadline:
+        time.sleep(0.02)  # until the gateway has seen its stream end
     assert _invoke(own_stack, "remote", b'{"name": "tcp"}').json() == {"hello": "tcp"}
     assert _families(own_stack) == [socket.AF_INET]
 
