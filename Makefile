@@ -29,10 +29,15 @@ $(HELM): | $(STAMP)
 up: $(STAMP)
 	$(BIN)/lamina up
 
+# The suite waits far more than it computes (one process keeps two CPUs ~25 % busy: timeouts,
+# cron ticks, stacks starting), so it runs in TEST_WORKERS processes, a test file each (a
+# module's fixtures stay shared). TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 4
+
 test: $(STAMP) $(HELM)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python bench/warm_and_cold.py
