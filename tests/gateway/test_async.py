@@ -179,12 +179,21 @@ def test_a_queue_that_cannot_store_answers_503_never_202(tmp_path):
         s.loop.close()
 
 
-def _samples(http: Any, name: str) -> dict[str, float]:
-    """The samples of gauge ``name`` on /metrics, by function."""
+def _gauges(http: Any) -> dict[str, dict[str, float]]:
+    """The samples of every gauge on one scrape of /metrics, by name and function."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    return {s.labels["function"]: s.value for family in text_string_to_metric_families(http.get("/metrics").text)
-            for s in family.samples if s.name == name}
+    found: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(http.get("/metrics").text):
+        for s in family.samples:
+            if "function" in s.labels:
+                found.setdefault(s.name, {})[s.labels["function"]] = s.value
+    return found
+
+
+def _samples(http: Any, name: str) -> dict[str, float]:
+    """The samples of gauge ``name`` on /metrics, by function."""
+    return _gauges(http).get(name, {})
 
 
 def test_queue_gauges_follow_the_queue_and_finished_invocations_are_pruned(tmp_path):
@@ -212,10 +221,13 @@ def test_queue_gauges_follow_the_queue_and_finished_invocations_are_pruned(tmp_p
             wanted = {(depth, "slow"): 2.0, (dead, "boom"): 1.0, (depth, "echo"): 0.0, (dead, "echo"): 0.0,
                       (age, "boom"): 0.0}
             deadline = time.monotonic() + 15
-            while any(_samples(http, name).get(fn) != value for (name, fn), value in wanted.items()):
+            while True:
+                gauges = _gauges(http)
+                if all(gauges.get(name, {}).get(fn) == value for (name, fn), value in wanted.items()):
+                    break
                 assert time.monotonic() < deadline, http.get("/metrics").text
                 time.sleep(0.2)
-            assert 0.0 < _samples(http, age)["slow"] < 60
+            assert 0.0 < gauges[age]["slow"] < 60
 
             deadline = time.monotonic() + 15  # retention 1 s, pruned every second
             while api.get(f"/api/v1/invocations/{done}").status_code != 404:
