@@ -43,8 +43,10 @@ QUEUED, RUNNING = InvocationState.QUEUED.value, InvocationState.RUNNING.value
 DEAD = InvocationState.DEAD_LETTERED.value
 #: Final states that are pruned after the retention window (dead letters are kept).
 PRUNED = tuple(s.value for s in (InvocationState.SUCCEEDED, InvocationState.FAILED, InvocationState.CANCELLED))
-#: Candidates read per lease beyond the limit, so rows skipped for a function's concurrency
-#: limit within one batch do not leave the batch short.
+#: Candidates read per lease beyond the limit when concurrency limits apply, so rows skipped
+#: for a function's limit within one batch do not leave the batch short. (Without limits
+#: nothing is skipped: reading more would only lock rows, on PostgreSQL, that a concurrent
+#: lease then passes over.)
 _OVERSCAN = 4
 MAX_LEASE, MAX_DEAD_LETTERS, MAX_BATCH, MAX_PRUNE = 1000, 1000, 1000, 10_000
 ERROR_TYPE_CHARS = 128
@@ -131,7 +133,7 @@ class SQLInvocationStore:
             query = (
                 sa.select(Q.id, Q.function, Q.started_at)
                 .where(Q.state.in_((QUEUED, RUNNING)), Q.due_at <= now)
-                .order_by(Q.due_at).limit(limit * _OVERSCAN)
+                .order_by(Q.due_at).limit(limit * _OVERSCAN if concurrency else limit)
             )
             if full:
                 # Saturated functions are left out in SQL, so however many of their
