@@ -59,6 +59,9 @@ STEM_CELL_SIZES_AHEAD = 4
 #: Worker uid ranges on one host (UID_BASE + i * UIDS_PER_INVOKER): invokers sharing a
 #: host never share a range (see ``ZygoteSandbox._claim_uids``).
 UID_RANGES = 800
+#: Where the host's invokers hold their uid ranges: the first of these they can create
+#: (``$TMPDIR`` is read when a range is claimed).
+UID_RANGE_DIRS = ("/run/lamina/uid-ranges", "{tmp}/lamina/uid-ranges")
 #: Seconds after a spare slot was taken before a new one starts.
 REPLENISH_DELAY_S = 0.05
 #: In a sandbox's working directory: its full scope (the directory's name has 40 characters of it).
@@ -160,8 +163,7 @@ class ZygoteSandbox:
         host's runtime directory, kept for the sandbox's lifetime (the kernel drops it when
         the invoker dies, so a crash leaves nothing to clean). The search starts at a range
         derived from the scope, so a restarted invoker usually gets its range back."""
-        for base in ("/run/lamina", os.path.join(tempfile.gettempdir(), "lamina")):
-            directory = os.path.join(base, "uid-ranges")
+        for directory in (d.format(tmp=tempfile.gettempdir()) for d in UID_RANGE_DIRS):
             try:
                 os.makedirs(directory, mode=0o700, exist_ok=True)
             except OSError:
@@ -179,7 +181,8 @@ class ZygoteSandbox:
                 self.uid_base = UID_BASE + UIDS_PER_INVOKER * index
                 return
             raise OSError(11, f"all {UID_RANGES} worker uid ranges of this host are held by other invokers")
-        raise OSError(13, "no runtime directory to hold a worker uid range in (/run/lamina, $TMPDIR/lamina)")
+        raise OSError(13, "no directory to hold a worker uid range in: "
+                          + ", ".join(d.format(tmp="$TMPDIR") for d in UID_RANGE_DIRS))
 
     def _setup(self) -> None:
         wanted = {"A": (probe.CGROUP_MEMORY, probe.CGROUP_PIDS, probe.NAMESPACES, probe.NETNS, probe.UID,

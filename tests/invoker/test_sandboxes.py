@@ -197,9 +197,13 @@ def test_a_configured_interpreter_that_does_not_run_fails_at_start(tmp_path) -> 
     assert found is not None and "/shims/" not in found
 
 
-def test_invokers_on_one_host_never_share_worker_uids() -> None:
+def test_invokers_on_one_host_never_share_worker_uids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from invoker.sandboxes import probe as probe_tier
+    from invoker.sandboxes import sandbox as sandbox_module
 
+    # Ranges of their own: the sandboxes of the suite's other processes claim ranges meanwhile,
+    # and one of them could take the range this test gives back before it asks for it again.
+    monkeypatch.setattr(sandbox_module, "UID_RANGE_DIRS", (str(tmp_path / "uid-ranges"),))
     # These two scopes hash to the same preferred range: the second must get another one.
     first = probe_tier("pod", scope="lamina-local-8", tmp_mb=16)
     second = probe_tier("pod", scope="lamina-local-16", tmp_mb=16)
